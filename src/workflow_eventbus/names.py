@@ -1,0 +1,30 @@
+"""Capability names: what the engine sees. Identical to the Go plugin."""
+
+from __future__ import annotations
+
+PLUGIN_NAME = "workflow-plugin-eventbus"
+
+BROKER = "eventbus.broker"
+STREAM = "eventbus.stream"
+CONSUMER = "eventbus.consumer"
+SUBSCRIBE = "trigger.eventbus.subscribe"
+
+PUBLISH_STEP = "step.eventbus.publish"
+CONSUME_STEP = "step.eventbus.consume"
+ACK_STEP = "step.eventbus.ack"
+
+MODULE_TYPES = (BROKER, STREAM, CONSUMER)
+STEP_TYPES = (PUBLISH_STEP, CONSUME_STEP, ACK_STEP)
+TRIGGER_TYPES = (SUBSCRIBE,)
+
+# Module type names of the Go plugin before v0.2.0, still accepted.
+MODULE_ALIASES = {
+    "infra.eventbus": BROKER,
+    "infra.eventbus.stream": STREAM,
+    "infra.eventbus.consumer": CONSUMER,
+}
+
+
+def canonical_module_type(type_name: str) -> str:
+    """Map an old ``infra.eventbus*`` name to today's; other names pass through."""
+    return MODULE_ALIASES.get(type_name, type_name)

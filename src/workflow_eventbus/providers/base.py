@@ -1,0 +1,184 @@
+"""The provider interface: what a broker runtime must do for modules, steps and triggers.
+
+A provider owns one connection (or pool) to one broker. Everything above it
+(modules, steps, the subscribe loop, the plugin) talks only to this interface,
+so NATS, pgchannel and the in-memory double are interchangeable. Providers are
+async, safe to call concurrently, and raise only :mod:`workflow_eventbus.errors`.
+
+The subscribe loop is not a provider method: it is built once, generically, on
+``fetch`` and ``settle`` (see :mod:`workflow_eventbus.subscriber`).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from .._proto import eventbus_pb2 as pb
+
+CORRELATION_HEADER = "Nats-Correlation-Id"
+# pgchannel of the Go plugin surfaced the correlation id under this name.
+LEGACY_CORRELATION_HEADER = "X-Correlation-Id"
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+MAX_BATCH = 1000
+
+
+class AckAction(enum.IntEnum):
+    """What to do with a delivered message (numbers match ``pb.AckAction``)."""
+
+    ACK = pb.ACK_ACTION_ACK
+    NAK = pb.ACK_ACTION_NAK
+    TERM = pb.ACK_ACTION_TERM
+    IN_PROGRESS = pb.ACK_ACTION_IN_PROGRESS
+
+
+class Feature(enum.Enum):
+    """Optional abilities; the conformance suite skips what a provider lacks."""
+
+    RESTART = "restart"  # survives a broker restart mid-run
+    DEDUP = "dedup"  # msg_id deduplication within a window
+    NAK_DELAY = "nak_delay"
+    PERSISTENT = "persistent"  # messages survive the provider process
+
+
+@dataclass(slots=True)
+class OutboundMessage:
+    subject: str
+    payload: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    correlation_id: str = ""
+    msg_id: str = ""
+
+
+@dataclass(slots=True)
+class PublishResult:
+    stream: str
+    sequence: int
+    acked_at: datetime
+    duplicate: bool = False
+
+    def to_proto(self) -> pb.PublishResponse:
+        return pb.PublishResponse(
+            sequence=str(self.sequence),
+            acked_at=rfc3339(self.acked_at),
+            duplicate=self.duplicate,
+            stream=self.stream,
+        )
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One message handed to a consumer, with the token that settles it."""
+
+    stream: str
+    consumer: str
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
+    sequence: int
+    published_at: datetime
+    delivery_count: int
+    ack_token: str
+
+    def to_proto(self) -> pb.Message:
+        return pb.Message(
+            subject=self.subject,
+            payload=self.payload,
+            headers=self.headers,
+            sequence=str(self.sequence),
+            published_at=rfc3339(self.published_at),
+            ack_token=self.ack_token,
+            delivery_count=self.delivery_count,
+            stream=self.stream,
+            consumer=self.consumer,
+        )
+
+
+def rfc3339(moment: datetime) -> str:
+    """UTC RFC 3339 with second precision, as the Go plugin renders times."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def batch_size(requested: int) -> int:
+    """Go-compatible cap: <= 0 means 1, above 1000 means 1000."""
+    return 1 if requested <= 0 else min(requested, MAX_BATCH)
+
+
+class Provider(abc.ABC):
+    """A connection to one broker. Create, ``connect()``, use, ``close()``."""
+
+    name: str = ""
+    features: frozenset[Feature] = frozenset()
+
+    def __init__(self, cluster: pb.ClusterConfig, url: str, *, broker_name: str) -> None:
+        self.cluster = cluster
+        self.url = url
+        self.broker_name = broker_name
+        self.log = logging.getLogger(f"workflow_eventbus.{self.name or 'provider'}")
+
+    @abc.abstractmethod
+    async def connect(self, timeout: float) -> None:
+        """Open the connection, waiting at most ``timeout`` seconds for the broker.
+
+        Raises BrokerUnavailableError (never with a password in its text)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close; idempotent and safe before connect."""
+
+    @property
+    @abc.abstractmethod
+    def connected(self) -> bool:
+        """True while the connection is usable (reconnecting counts as False)."""
+
+    @abc.abstractmethod
+    async def ensure_stream(self, cfg: pb.StreamConfig) -> None:
+        """Create the stream, or update it to match ``cfg``; idempotent."""
+
+    @abc.abstractmethod
+    async def ensure_consumer(self, cfg: pb.ConsumerConfig) -> None:
+        """Create the durable consumer ``cfg.name`` on ``cfg.stream_name``; idempotent.
+
+        An existing consumer whose immutable settings differ raises ConflictError
+        naming the setting and both values; its position is never reset."""
+
+    @abc.abstractmethod
+    async def publish(self, msg: OutboundMessage) -> PublishResult:
+        """Publish one message and wait for the broker's acknowledgement."""
+
+    async def publish_many(
+        self, msgs: Sequence[OutboundMessage]
+    ) -> list[PublishResult | Exception]:
+        """Publish many messages, pipelined; one result (or error) per message, in order.
+
+        The default publishes one at a time; providers override it to pipeline."""
+        results: list[PublishResult | Exception] = []
+        for msg in msgs:
+            try:
+                results.append(await self.publish(msg))
+            except Exception as exc:  # reported per message
+                results.append(exc)
+        return results
+
+    @abc.abstractmethod
+    async def fetch(self, stream: str, consumer: str, batch: int, max_wait: float) -> list[Delivery]:
+        """Pull up to ``batch`` messages, waiting at most ``max_wait`` seconds.
+
+        Returns an empty list on timeout. Messages stay unacknowledged until
+        ``settle``; after the consumer's ack wait they are delivered again with
+        a higher delivery count."""
+
+    @abc.abstractmethod
+    async def settle(
+        self, tokens: Sequence[str], action: AckAction, delay: float | None = None
+    ) -> None:
+        """Ack, nak (optionally after ``delay`` seconds), term or mark in progress."""
+
+    async def pending(self, stream: str, consumer: str) -> tuple[int, int]:
+        """(messages not yet delivered, delivered but unacknowledged) for diagnostics."""
+        raise NotImplementedError(f"{self.name}: pending() is not supported")

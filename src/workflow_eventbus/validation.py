@@ -1,0 +1,237 @@
+"""Validation rules for broker, stream and consumer configs (reference §3, §6.2).
+
+Each function raises :class:`ConfigError` naming the module, the setting, the
+bad value and the fix; on success it returns nothing and changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+
+from ._proto import eventbus_pb2 as pb
+from .config import duration_seconds, parse_duration
+from .errors import ConfigError
+from .names import BROKER, CONSUMER, STREAM
+
+# Deploy targets, exactly as the Go plugin spells them.
+DIGITALOCEAN_APP_PLATFORM = "digitalocean.app_platform"
+DIGITALOCEAN_MANAGED_KAFKA = "digitalocean.managed_kafka"
+AWS_ECS = "aws.ecs"
+AWS_EKS = "aws.eks"
+AWS_MSK = "aws.msk"
+AWS_KINESIS = "aws.kinesis"
+KUBERNETES = "kubernetes"
+SELF_HOSTED = "self_hosted"
+IN_PROCESS = "in_process"
+
+TARGET_MATRIX: Mapping[str, tuple[str, ...]] = {
+    "nats": (DIGITALOCEAN_APP_PLATFORM, AWS_ECS, AWS_EKS, KUBERNETES, SELF_HOSTED),
+    "kafka": (DIGITALOCEAN_MANAGED_KAFKA, AWS_MSK, KUBERNETES, SELF_HOSTED),
+    "kinesis": (AWS_KINESIS,),
+}
+PROVIDERS = ("nats", "pgchannel", "kafka", "kinesis")
+RUNTIME_PROVIDERS = ("nats", "pgchannel", "memory")
+
+_TOKEN_BAD = re.compile(r"[\s]")
+_NAME_BAD = re.compile(r"[\s.*>/\\]")
+_PG_STREAM = re.compile(r"[A-Za-z0-9_]+")
+
+
+def validate_cluster(name: str, cfg: pb.ClusterConfig) -> None:
+    where = f'{BROKER} "{name}"'
+    provider = cfg.provider
+    if not provider:
+        raise ConfigError(
+            f"{where}: provider",
+            "is required",
+            fix=f"set provider to one of: {', '.join(PROVIDERS)}",
+        )
+    if provider == "pgchannel":
+        _validate_pgchannel(where, cfg)
+    elif provider == "memory":
+        pass  # in-process test double: nothing to validate
+    elif provider in TARGET_MATRIX:
+        valid = TARGET_MATRIX[provider]
+        if not cfg.deploy_target:
+            raise ConfigError(
+                f"{where}: deploy_target",
+                f"is required for provider {provider}",
+                fix=f"set deploy_target to one of: {', '.join(valid)}",
+            )
+        if cfg.deploy_target not in valid:
+            raise ConfigError(
+                f"{where}: deploy_target",
+                f"provider {provider} does not support this deploy target",
+                value=cfg.deploy_target,
+                fix=f"use one of: {', '.join(valid)}",
+            )
+    else:
+        raise ConfigError(
+            f"{where}: provider",
+            "unsupported provider",
+            value=provider,
+            fix=f"use one of: {', '.join(PROVIDERS)} (names are lower case)",
+        )
+    if cfg.max_conns < 0:
+        raise ConfigError(f"{where}: max_conns", "must be zero or positive", value=cfg.max_conns)
+    if cfg.poll_interval:
+        seconds = parse_duration(cfg.poll_interval, setting=f"{where}: poll_interval")
+        if seconds <= 0:
+            raise ConfigError(f"{where}: poll_interval", "must be positive", value=cfg.poll_interval)
+
+
+def _validate_pgchannel(where: str, cfg: pb.ClusterConfig) -> None:
+    if cfg.broker_target != IN_PROCESS:
+        raise ConfigError(
+            f"{where}: broker_target",
+            "pgchannel requires broker_target=in_process",
+            value=cfg.broker_target or None,
+            fix="set broker_target: in_process",
+        )
+    if not cfg.dsn:
+        raise ConfigError(
+            f"{where}: dsn",
+            "pgchannel requires dsn (a PostgreSQL connection string)",
+            fix="set dsn: postgresql://user@host:5432/dbname",
+        )
+    if cfg.schema and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", cfg.schema):
+        raise ConfigError(
+            f"{where}: schema",
+            "not a valid schema name",
+            value=cfg.schema,
+            fix="use lower-case letters, digits and _ (at most 63 characters)",
+        )
+
+
+def validate_stream(name: str, cfg: pb.StreamConfig) -> None:
+    where = f'{STREAM} "{name}"'
+    if not cfg.name:
+        raise ConfigError(f"{where}: name", "is required", fix="set name, e.g. name: ORDERS")
+    if _NAME_BAD.search(cfg.name):
+        raise ConfigError(
+            f"{where}: name",
+            "stream names cannot contain spaces, '.', '*', '>', '/' or '\\'",
+            value=cfg.name,
+            fix="use letters, digits, '-' and '_'",
+        )
+    if not cfg.subjects:
+        raise ConfigError(
+            f"{where}: subjects",
+            "must contain at least one entry",
+            fix='set subjects, e.g. subjects: ["orders.>"]',
+        )
+    for i, subject in enumerate(cfg.subjects):
+        validate_subject(subject, setting=f"{where}: subjects[{i}]", wildcards=True)
+    if cfg.num_replicas < 0 or cfg.num_replicas > 5:
+        raise ConfigError(f"{where}: num_replicas", "must be between 1 and 5", value=cfg.num_replicas)
+    for field in ("max_bytes", "max_msgs", "max_msg_size"):
+        if getattr(cfg, field) < -1:
+            raise ConfigError(f"{where}: {field}", "must be -1 (unlimited) or more", value=getattr(cfg, field))
+
+
+def validate_pg_stream_name(name: str, *, setting: str) -> None:
+    if not _PG_STREAM.fullmatch(name) or len(name) > 54:
+        raise ConfigError(
+            setting,
+            "pgchannel stream names must match [A-Za-z0-9_]+ (at most 54 characters)",
+            value=name,
+            fix="rename the stream, e.g. ORDERS_V1",
+        )
+
+
+def validate_consumer(name: str, cfg: pb.ConsumerConfig, *, kind: str = CONSUMER) -> None:
+    where = f'{kind} "{name}"'
+    if not cfg.name:
+        raise ConfigError(f"{where}: name", "is required", fix="set name to the durable consumer name")
+    if _NAME_BAD.search(cfg.name):
+        raise ConfigError(
+            f"{where}: name",
+            "durable names cannot contain spaces, '.', '*', '>', '/' or '\\'",
+            value=cfg.name,
+            fix="use letters, digits, '-' and '_'",
+        )
+    if not cfg.stream_name:
+        raise ConfigError(f"{where}: stream_name", "is required", fix="set stream_name to the stream's name")
+    if cfg.filter_subject:
+        validate_subject(cfg.filter_subject, setting=f"{where}: filter_subject", wildcards=True)
+    if cfg.max_deliver < -1:
+        raise ConfigError(f"{where}: max_deliver", "must be -1 (unlimited) or more", value=cfg.max_deliver)
+    if cfg.backoff and 0 < cfg.max_deliver <= len(cfg.backoff):
+        raise ConfigError(
+            f"{where}: backoff",
+            f"has {len(cfg.backoff)} steps but max_deliver is {cfg.max_deliver}",
+            fix="make max_deliver larger than the number of backoff steps",
+        )
+    for i, step in enumerate(cfg.backoff):
+        if duration_seconds(step) <= 0:
+            raise ConfigError(f"{where}: backoff[{i}]", "must be positive", value=f"{duration_seconds(step)}s")
+    if cfg.deliver_policy == pb.DELIVER_POLICY_BY_START_SEQUENCE and cfg.opt_start_seq == 0:
+        raise ConfigError(
+            f"{where}: opt_start_seq",
+            "is required with deliver_policy by_start_sequence",
+            fix="set opt_start_seq to the first stream sequence to deliver",
+        )
+    if cfg.deliver_policy == pb.DELIVER_POLICY_BY_START_TIME and not cfg.opt_start_time:
+        raise ConfigError(
+            f"{where}: opt_start_time",
+            "is required with deliver_policy by_start_time",
+            fix='set opt_start_time to an RFC 3339 time, e.g. "2026-01-01T00:00:00Z"',
+        )
+    for field in ("max_ack_pending", "max_in_flight", "fetch_batch"):
+        if getattr(cfg, field) < 0:
+            raise ConfigError(f"{where}: {field}", "must be zero or positive", value=getattr(cfg, field))
+    if cfg.dead_letter_subject:
+        validate_subject(cfg.dead_letter_subject, setting=f"{where}: dead_letter_subject", wildcards=False)
+
+
+def validate_subject(subject: str, *, setting: str, wildcards: bool) -> None:
+    """NATS subject syntax: dot-separated non-empty tokens; ``*`` a whole token;
+    ``>`` only as the last token. Wildcards are refused where ``wildcards`` is false."""
+    if not subject:
+        raise ConfigError(setting, "subject is empty", fix="write a subject such as orders.created")
+    if _TOKEN_BAD.search(subject):
+        raise ConfigError(setting, "subjects cannot contain white space", value=subject)
+    tokens = subject.split(".")
+    for i, token in enumerate(tokens):
+        if not token:
+            raise ConfigError(
+                setting, "empty token (leading, trailing or double '.')", value=subject,
+                fix="write tokens separated by single dots, e.g. orders.created",
+            )
+        is_wild = token in ("*", ">")
+        if not is_wild and ("*" in token or ">" in token):
+            raise ConfigError(
+                setting, "'*' and '>' must be whole tokens", value=subject,
+                fix="write orders.* or orders.>, not orders.x*",
+            )
+        if is_wild and not wildcards:
+            raise ConfigError(
+                setting, "wildcards are not allowed here", value=subject,
+                fix="publish to a concrete subject such as orders.created",
+            )
+        if token == ">" and i != len(tokens) - 1:
+            raise ConfigError(setting, "'>' is only allowed as the last token", value=subject)
+
+
+def env_key(name: str) -> str:
+    """``bmw-eventbus`` -> ``BMW_EVENTBUS``: '-' to '_', then upper case.
+
+    Go's ``strings.ToUpper`` maps rune by rune and leaves characters without a
+    one-rune upper case (such as 'ß') alone; so do we.
+    """
+    out = []
+    for ch in name.replace("-", "_"):
+        upper = ch.upper()
+        out.append(upper if len(upper) == 1 else ch)
+    return "".join(out)
+
+
+def env_url(name: str, provider: str, environ: Mapping[str, str] | None = None) -> str:
+    """The broker URL from ``EVENTBUS_<KEY>_URI``, else ``NATS_URL`` (nats only)."""
+    env = os.environ if environ is None else environ
+    uri = env.get(f"EVENTBUS_{env_key(name)}_URI", "")
+    if not uri and provider == "nats":
+        uri = env.get("NATS_URL", "")
+    return uri
