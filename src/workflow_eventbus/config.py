@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from google.protobuf import duration_pb2, struct_pb2
-from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
@@ -131,9 +131,11 @@ def decode(cls: type[M], source: Any, *, setting: str, skip_private: bool = True
     return msg
 
 
-def fill(msg: Message, data: Mapping[str, Any], *, setting: str, skip_private: bool = False) -> None:
+def fill(
+    msg: Message, data: Mapping[str, Any], *, setting: str, skip_private: bool = False
+) -> None:
     """Set the fields of ``msg`` from ``data``; every key must name a field."""
-    desc: Descriptor = msg.DESCRIPTOR
+    desc: Any = msg.DESCRIPTOR
     by_name = _field_index(desc)
     for key, value in data.items():
         if not isinstance(key, str):
@@ -153,7 +155,7 @@ def fill(msg: Message, data: Mapping[str, Any], *, setting: str, skip_private: b
         _set_field(msg, field, value, f"{setting}.{field.name}")
 
 
-def _field_index(desc: Descriptor) -> dict[str, FieldDescriptor]:
+def _field_index(desc: Any) -> dict[str, FieldDescriptor]:
     index: dict[str, FieldDescriptor] = {}
     for field in desc.fields:
         index[field.name] = field
@@ -161,10 +163,10 @@ def _field_index(desc: Descriptor) -> dict[str, FieldDescriptor]:
     return index
 
 
-def _set_field(msg: Message, field: FieldDescriptor, value: Any, setting: str) -> None:
+def _set_field(msg: Message, field: Any, value: Any, setting: str) -> None:
     if _is_map(field):
         _set_map(msg, field, value, setting)
-    elif field.label == FieldDescriptor.LABEL_REPEATED:
+    elif field.is_repeated:
         items = value if isinstance(value, list | tuple) else [value]
         target = getattr(msg, field.name)
         for i, item in enumerate(items):
@@ -179,14 +181,13 @@ def _set_field(msg: Message, field: FieldDescriptor, value: Any, setting: str) -
         setattr(msg, field.name, _scalar(field, value, setting))
 
 
-def _is_map(field: FieldDescriptor) -> bool:
-    return (
-        field.type == FieldDescriptor.TYPE_MESSAGE
-        and field.message_type.GetOptions().map_entry
+def _is_map(field: Any) -> bool:
+    return bool(
+        field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
     )
 
 
-def _set_map(msg: Message, field: FieldDescriptor, value: Any, setting: str) -> None:
+def _set_map(msg: Message, field: Any, value: Any, setting: str) -> None:
     if not isinstance(value, Mapping):
         raise ConfigError(setting, "expected an object of key: value", value=value)
     value_field = field.message_type.fields_by_name["value"]
@@ -197,7 +198,7 @@ def _set_map(msg: Message, field: FieldDescriptor, value: Any, setting: str) -> 
         target[str(key)] = _scalar(value_field, item, f"{setting}.{key}")
 
 
-def _fill_message(target: Message, field: FieldDescriptor, value: Any, setting: str) -> None:
+def _fill_message(target: Message, field: Any, value: Any, setting: str) -> None:
     if field.message_type.full_name == "google.protobuf.Duration":
         target.CopyFrom(to_duration(parse_duration(value, setting=setting)))
         return
@@ -209,7 +210,7 @@ def _fill_message(target: Message, field: FieldDescriptor, value: Any, setting: 
     fill(target, value, setting=setting)
 
 
-def _scalar(field: FieldDescriptor, value: Any, setting: str) -> Any:
+def _scalar(field: Any, value: Any, setting: str) -> Any:
     kind = field.type
     if kind == FieldDescriptor.TYPE_STRING:
         if isinstance(value, str):
@@ -255,9 +256,9 @@ def _int(value: Any, setting: str, low: int, high: int) -> int:
     number: int
     if isinstance(value, int):
         number = value
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)
-    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+    elif (isinstance(value, float) and value.is_integer()) or (
+        isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value)
+    ):
         number = int(value)
     else:
         raise ConfigError(setting, "expected an integer", value=value, fix="write a whole number")
@@ -284,7 +285,9 @@ def parse_enum(enum: EnumDescriptor, value: Any, *, setting: str) -> int:
             if candidate in enum.values_by_name:
                 return enum.values_by_name[candidate].number
     choices = ", ".join(_enum_short_names(enum))
-    raise ConfigError(setting, f"not a valid {enum.name}", value=value, fix=f"use one of: {choices}")
+    raise ConfigError(
+        setting, f"not a valid {enum.name}", value=value, fix=f"use one of: {choices}"
+    )
 
 
 def _enum_prefix(enum: EnumDescriptor) -> str:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]+)@")
+_URL_CREDENTIALS = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]+)@"
+)
 _KV_SECRET = re.compile(r"(?i)\b(password|passwd|pwd|token|secret|nkey|seed)=([^\s&]+)")
 
 

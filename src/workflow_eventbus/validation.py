@@ -79,7 +79,9 @@ def validate_cluster(name: str, cfg: pb.ClusterConfig) -> None:
     if cfg.poll_interval:
         seconds = parse_duration(cfg.poll_interval, setting=f"{where}: poll_interval")
         if seconds <= 0:
-            raise ConfigError(f"{where}: poll_interval", "must be positive", value=cfg.poll_interval)
+            raise ConfigError(
+                f"{where}: poll_interval", "must be positive", value=cfg.poll_interval
+            )
 
 
 def _validate_pgchannel(where: str, cfg: pb.ClusterConfig) -> None:
@@ -125,10 +127,14 @@ def validate_stream(name: str, cfg: pb.StreamConfig) -> None:
     for i, subject in enumerate(cfg.subjects):
         validate_subject(subject, setting=f"{where}: subjects[{i}]", wildcards=True)
     if cfg.num_replicas < 0 or cfg.num_replicas > 5:
-        raise ConfigError(f"{where}: num_replicas", "must be between 1 and 5", value=cfg.num_replicas)
+        raise ConfigError(
+            f"{where}: num_replicas", "must be between 1 and 5", value=cfg.num_replicas
+        )
     for field in ("max_bytes", "max_msgs", "max_msg_size"):
         if getattr(cfg, field) < -1:
-            raise ConfigError(f"{where}: {field}", "must be -1 (unlimited) or more", value=getattr(cfg, field))
+            raise ConfigError(
+                f"{where}: {field}", "must be -1 (unlimited) or more", value=getattr(cfg, field)
+            )
 
 
 def validate_pg_stream_name(name: str, *, setting: str) -> None:
@@ -144,7 +150,9 @@ def validate_pg_stream_name(name: str, *, setting: str) -> None:
 def validate_consumer(name: str, cfg: pb.ConsumerConfig, *, kind: str = CONSUMER) -> None:
     where = f'{kind} "{name}"'
     if not cfg.name:
-        raise ConfigError(f"{where}: name", "is required", fix="set name to the durable consumer name")
+        raise ConfigError(
+            f"{where}: name", "is required", fix="set name to the durable consumer name"
+        )
     if _NAME_BAD.search(cfg.name):
         raise ConfigError(
             f"{where}: name",
@@ -153,11 +161,15 @@ def validate_consumer(name: str, cfg: pb.ConsumerConfig, *, kind: str = CONSUMER
             fix="use letters, digits, '-' and '_'",
         )
     if not cfg.stream_name:
-        raise ConfigError(f"{where}: stream_name", "is required", fix="set stream_name to the stream's name")
+        raise ConfigError(
+            f"{where}: stream_name", "is required", fix="set stream_name to the stream's name"
+        )
     if cfg.filter_subject:
         validate_subject(cfg.filter_subject, setting=f"{where}: filter_subject", wildcards=True)
     if cfg.max_deliver < -1:
-        raise ConfigError(f"{where}: max_deliver", "must be -1 (unlimited) or more", value=cfg.max_deliver)
+        raise ConfigError(
+            f"{where}: max_deliver", "must be -1 (unlimited) or more", value=cfg.max_deliver
+        )
     if cfg.backoff and 0 < cfg.max_deliver <= len(cfg.backoff):
         raise ConfigError(
             f"{where}: backoff",
@@ -166,7 +178,9 @@ def validate_consumer(name: str, cfg: pb.ConsumerConfig, *, kind: str = CONSUMER
         )
     for i, step in enumerate(cfg.backoff):
         if duration_seconds(step) <= 0:
-            raise ConfigError(f"{where}: backoff[{i}]", "must be positive", value=f"{duration_seconds(step)}s")
+            raise ConfigError(
+                f"{where}: backoff[{i}]", "must be positive", value=f"{duration_seconds(step)}s"
+            )
     if cfg.deliver_policy == pb.DELIVER_POLICY_BY_START_SEQUENCE and cfg.opt_start_seq == 0:
         raise ConfigError(
             f"{where}: opt_start_seq",
@@ -181,9 +195,13 @@ def validate_consumer(name: str, cfg: pb.ConsumerConfig, *, kind: str = CONSUMER
         )
     for field in ("max_ack_pending", "max_in_flight", "fetch_batch"):
         if getattr(cfg, field) < 0:
-            raise ConfigError(f"{where}: {field}", "must be zero or positive", value=getattr(cfg, field))
+            raise ConfigError(
+                f"{where}: {field}", "must be zero or positive", value=getattr(cfg, field)
+            )
     if cfg.dead_letter_subject:
-        validate_subject(cfg.dead_letter_subject, setting=f"{where}: dead_letter_subject", wildcards=False)
+        validate_subject(
+            cfg.dead_letter_subject, setting=f"{where}: dead_letter_subject", wildcards=False
+        )
 
 
 def validate_subject(subject: str, *, setting: str, wildcards: bool) -> None:
@@ -197,18 +215,24 @@ def validate_subject(subject: str, *, setting: str, wildcards: bool) -> None:
     for i, token in enumerate(tokens):
         if not token:
             raise ConfigError(
-                setting, "empty token (leading, trailing or double '.')", value=subject,
+                setting,
+                "empty token (leading, trailing or double '.')",
+                value=subject,
                 fix="write tokens separated by single dots, e.g. orders.created",
             )
         is_wild = token in ("*", ">")
         if not is_wild and ("*" in token or ">" in token):
             raise ConfigError(
-                setting, "'*' and '>' must be whole tokens", value=subject,
+                setting,
+                "'*' and '>' must be whole tokens",
+                value=subject,
                 fix="write orders.* or orders.>, not orders.x*",
             )
         if is_wild and not wildcards:
             raise ConfigError(
-                setting, "wildcards are not allowed here", value=subject,
+                setting,
+                "wildcards are not allowed here",
+                value=subject,
                 fix="publish to a concrete subject such as orders.created",
             )
         if token == ">" and i != len(tokens) - 1:

@@ -166,7 +166,9 @@ class Provider(abc.ABC):
         return results
 
     @abc.abstractmethod
-    async def fetch(self, stream: str, consumer: str, batch: int, max_wait: float) -> list[Delivery]:
+    async def fetch(
+        self, stream: str, consumer: str, batch: int, max_wait: float
+    ) -> list[Delivery]:
         """Pull up to ``batch`` messages, waiting at most ``max_wait`` seconds.
 
         Returns an empty list on timeout. Messages stay unacknowledged until

@@ -1,0 +1,200 @@
+"""Module types: eventbus.broker, eventbus.stream, eventbus.consumer.
+
+Lifecycle (every step idempotent, safe in any order): construction validates
+the config; ``init`` registers the module with its EventBus (and, for a broker,
+resolves the URL: config ``dsn``, then ``EVENTBUS_<NAME>_URI``, then
+``NATS_URL``); ``start`` connects or ensures the broker resource; ``stop``
+closes and unregisters. A stream or consumer whose broker (or stream) is
+registered but not started yet starts it first, so module order in the app
+config does not matter.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from typing import TYPE_CHECKING, ClassVar
+
+from google.protobuf.message import Message
+
+from ._proto import eventbus_pb2 as pb
+from .config import duration_seconds
+from .errors import BrokerUnavailableError, ConfigError
+from .names import BROKER, CONSUMER, STREAM
+from .providers.base import Provider
+from .validation import env_key, env_url, validate_cluster, validate_consumer, validate_stream
+
+if TYPE_CHECKING:
+    from .runtime import EventBus
+
+log = logging.getLogger("workflow_eventbus.modules")
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEAD_LETTER_STREAM = "EVENTBUS_DEADLETTER"
+DEAD_LETTER_PREFIX = "eventbus.deadletter"
+
+
+def default_dead_letter_subject(stream: str, consumer: str) -> str:
+    return f"{DEAD_LETTER_PREFIX}.{stream}.{consumer}"
+
+
+class Module(abc.ABC):
+    type_name: ClassVar[str]
+    config: Message
+
+    def __init__(self, bus: EventBus, name: str) -> None:
+        self.bus = bus
+        self.name = name
+        self.initialized = False
+        self.started = False
+        self._lock = asyncio.Lock()
+
+    async def init(self) -> None:
+        if not self.initialized:
+            self._register()
+            self.initialized = True
+
+    async def start(self) -> None:
+        async with self._lock:
+            if self.started:
+                return
+            await self.init()
+            await self._start()
+            self.started = True
+
+    async def stop(self) -> None:
+        async with self._lock:
+            try:
+                if self.started:
+                    await self._stop()
+            finally:
+                self.started = False
+                if self.initialized:
+                    self._unregister()
+                    self.initialized = False
+
+    @abc.abstractmethod
+    def _register(self) -> None: ...
+
+    @abc.abstractmethod
+    def _unregister(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _start(self) -> None: ...
+
+    async def _stop(self) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f'{self.type_name} "{self.name}"'
+
+
+class BrokerModule(Module):
+    type_name = BROKER
+    config: pb.ClusterConfig
+
+    def __init__(self, bus: EventBus, name: str, config: pb.ClusterConfig) -> None:
+        super().__init__(bus, name)
+        validate_cluster(name, config)
+        self.config = config
+        self.url = ""
+        self._provider: Provider | None = None
+
+    @property
+    def provider(self) -> Provider:
+        if self._provider is None:
+            raise BrokerUnavailableError(self._not_running_text())
+        return self._provider
+
+    def _not_running_text(self) -> str:
+        if self.config.provider == "nats" and not self.url:
+            return (
+                f"{self} (provider=nats): runtime not initialized: no broker URL; set dsn, "
+                f"EVENTBUS_{env_key(self.name)}_URI or NATS_URL"
+            )
+        return f"{self} (provider={self.config.provider}): runtime not initialized; start the module first"
+
+    def _register(self) -> None:
+        self.url = self.config.dsn or env_url(self.name, self.config.provider, self.bus.environ)
+        self.bus.brokers[self.name] = self
+
+    def _unregister(self) -> None:
+        if self.bus.brokers.get(self.name) is self:
+            del self.bus.brokers[self.name]
+
+    async def _start(self) -> None:
+        provider = self.config.provider
+        if provider in ("kafka", "kinesis"):
+            raise ConfigError(
+                f"{self}: provider",
+                "has IaC declarations only; no runtime exists for it",
+                value=provider,
+                fix="use provider nats or pgchannel for publish/consume",
+            )
+        if provider == "nats" and not self.url:
+            log.warning("%s", self._not_running_text())
+            return  # degraded: declared for IaC/plan flows, lookups explain why
+        runtime = self.bus.make_provider(self.config, self.url, self.name)
+        timeout = duration_seconds(self.config.connect_timeout) or DEFAULT_CONNECT_TIMEOUT
+        await runtime.connect(timeout)
+        self._provider = runtime
+
+    async def _stop(self) -> None:
+        runtime, self._provider = self._provider, None
+        if runtime is not None:
+            await runtime.close()
+
+
+class StreamModule(Module):
+    type_name = STREAM
+    config: pb.StreamConfig
+
+    def __init__(self, bus: EventBus, name: str, config: pb.StreamConfig) -> None:
+        super().__init__(bus, name)
+        validate_stream(name, config)
+        self.config = config
+
+    def _register(self) -> None:
+        self.bus.streams[self.name] = self
+
+    def _unregister(self) -> None:
+        if self.bus.streams.get(self.name) is self:
+            del self.bus.streams[self.name]
+
+    async def _start(self) -> None:
+        provider = await self.bus.started_provider(self.config.broker_ref, who=str(self))
+        await provider.ensure_stream(self.config)
+
+
+class ConsumerModule(Module):
+    type_name = CONSUMER
+    config: pb.ConsumerConfig
+
+    def __init__(self, bus: EventBus, name: str, config: pb.ConsumerConfig) -> None:
+        super().__init__(bus, name)
+        validate_consumer(name, config)
+        self.config = config
+
+    def _register(self) -> None:
+        self.bus.consumers[self.name] = self
+
+    def _unregister(self) -> None:
+        if self.bus.consumers.get(self.name) is self:
+            del self.bus.consumers[self.name]
+
+    async def _start(self) -> None:
+        for stream in list(self.bus.streams.values()):
+            if stream.config.name == self.config.stream_name:
+                await stream.start()
+        provider = await self.bus.started_provider(self.config.broker_ref, who=str(self))
+        if self.config.max_deliver > 0 and not self.config.dead_letter_subject:
+            await ensure_dead_letter_stream(provider)
+        await provider.ensure_consumer(self.config)
+
+
+async def ensure_dead_letter_stream(provider: Provider) -> None:
+    """The shared stream that keeps exhausted messages (default dead-letter target)."""
+    await provider.ensure_stream(
+        pb.StreamConfig(name=DEAD_LETTER_STREAM, subjects=[f"{DEAD_LETTER_PREFIX}.>"])
+    )

@@ -1,0 +1,299 @@
+"""In-process provider: a unit-test double with JetStream-like semantics.
+
+Never a replacement for the real-server tests. Providers created with the same
+URL (``memory://<name>``) share one in-memory broker, so competing consumers can
+be exercised; the broker lives in a registry owned by the MemoryBroker class and
+is dropped with :meth:`MemoryBroker.reset`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from .._proto import eventbus_pb2 as pb
+from ..config import duration_seconds
+from ..errors import BrokerUnavailableError, NotFoundError, RequestError
+from ..subjects import subject_matches
+from .base import (
+    CORRELATION_HEADER,
+    AckAction,
+    Delivery,
+    Feature,
+    OutboundMessage,
+    Provider,
+    PublishResult,
+    batch_size,
+)
+
+DEFAULT_ACK_WAIT = 30.0
+DEFAULT_DUPLICATE_WINDOW = 120.0
+
+
+@dataclass(slots=True)
+class _Stored:
+    seq: int
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
+    at: datetime
+
+
+@dataclass
+class _Stream:
+    cfg: pb.StreamConfig
+    messages: dict[int, _Stored] = field(default_factory=dict)
+    dedup: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+
+@dataclass
+class _Lease:
+    deadline: float
+    count: int
+    generation: int
+
+
+@dataclass
+class _Consumer:
+    cfg: pb.ConsumerConfig
+    ack_wait: float
+    cursor: int  # last sequence handed out for the first time
+    leases: dict[int, _Lease] = field(default_factory=dict)
+    counts: dict[int, int] = field(default_factory=dict)
+    done: set[int] = field(default_factory=set)
+
+
+class MemoryBroker:
+    """The shared state behind every MemoryProvider with the same URL."""
+
+    _registry: dict[str, MemoryBroker] = {}
+
+    def __init__(self) -> None:
+        self.streams: dict[str, _Stream] = {}
+        self.consumers: dict[tuple[str, str], _Consumer] = {}
+        self.seq = itertools.count(1)
+        self.changed = asyncio.Condition()
+        self.generation = itertools.count(1)
+
+    @classmethod
+    def named(cls, url: str) -> MemoryBroker:
+        return cls._registry.setdefault(url, cls())
+
+    @classmethod
+    def reset(cls) -> None:
+        cls._registry.clear()
+
+
+class MemoryProvider(Provider):
+    name = "memory"
+    features = frozenset({Feature.DEDUP, Feature.NAK_DELAY})
+
+    def __init__(self, cluster: pb.ClusterConfig, url: str, *, broker_name: str) -> None:
+        super().__init__(cluster, url or "memory://default", broker_name=broker_name)
+        self._broker: MemoryBroker | None = None
+
+    async def connect(self, timeout: float) -> None:
+        self._broker = MemoryBroker.named(self.url)
+
+    async def close(self) -> None:
+        self._broker = None
+
+    @property
+    def connected(self) -> bool:
+        return self._broker is not None
+
+    @property
+    def broker(self) -> MemoryBroker:
+        if self._broker is None:
+            raise BrokerUnavailableError(
+                f'memory broker "{self.broker_name}": not connected; start the broker module first'
+            )
+        return self._broker
+
+    async def ensure_stream(self, cfg: pb.StreamConfig) -> None:
+        existing = self.broker.streams.get(cfg.name)
+        if existing is None:
+            self.broker.streams[cfg.name] = _Stream(cfg=_copy(cfg))
+        else:
+            existing.cfg = _copy(cfg)
+
+    async def ensure_consumer(self, cfg: pb.ConsumerConfig) -> None:
+        stream = self._stream(cfg.stream_name)
+        key = (cfg.stream_name, cfg.name)
+        ack_wait = duration_seconds(cfg.ack_wait) or duration_seconds(stream.cfg.ack_wait)
+        current = self.broker.consumers.get(key)
+        if current is not None:
+            current.cfg, current.ack_wait = _copy(cfg), ack_wait or DEFAULT_ACK_WAIT
+            return
+        cursor = 0
+        if cfg.deliver_policy == pb.DELIVER_POLICY_NEW:
+            cursor = max(stream.messages, default=0)
+        elif cfg.deliver_policy == pb.DELIVER_POLICY_LAST:
+            cursor = max(max(stream.messages, default=0) - 1, 0)
+        elif cfg.deliver_policy == pb.DELIVER_POLICY_BY_START_SEQUENCE:
+            cursor = max(int(cfg.opt_start_seq) - 1, 0)
+        self.broker.consumers[key] = _Consumer(_copy(cfg), ack_wait or DEFAULT_ACK_WAIT, cursor)
+
+    async def publish(self, msg: OutboundMessage) -> PublishResult:
+        broker = self.broker
+        stream = self._stream_for(msg.subject)
+        now = time.monotonic()
+        if msg.msg_id:
+            window = duration_seconds(stream.cfg.duplicate_window) or DEFAULT_DUPLICATE_WINDOW
+            seen = stream.dedup.get(msg.msg_id)
+            if seen is not None and now - seen[1] < window:
+                return PublishResult(stream.cfg.name, seen[0], datetime.now(UTC), duplicate=True)
+        headers = dict(msg.headers)
+        if msg.correlation_id:
+            headers[CORRELATION_HEADER] = msg.correlation_id
+        seq = next(broker.seq)
+        stream.messages[seq] = _Stored(seq, msg.subject, msg.payload, headers, datetime.now(UTC))
+        if msg.msg_id:
+            stream.dedup[msg.msg_id] = (seq, now)
+        async with broker.changed:
+            broker.changed.notify_all()
+        return PublishResult(stream.cfg.name, seq, datetime.now(UTC))
+
+    async def fetch(
+        self, stream: str, consumer: str, batch: int, max_wait: float
+    ) -> list[Delivery]:
+        broker = self.broker
+        state = self._consumer(stream, consumer)
+        deadline = time.monotonic() + max(max_wait, 0.0)
+        while True:
+            out = self._take(stream, state, batch_size(batch))
+            remaining = deadline - time.monotonic()
+            if out or remaining <= 0:
+                return out
+            next_due = min((lease.deadline for lease in state.leases.values()), default=deadline)
+            wait = max(min(remaining, next_due - time.monotonic()), 0.001)
+            async with broker.changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(broker.changed.wait(), wait)
+
+    def _take(self, stream_name: str, state: _Consumer, limit: int) -> list[Delivery]:
+        stream = self._stream(stream_name)
+        now = time.monotonic()
+        picked: list[int] = [
+            seq for seq, lease in sorted(state.leases.items()) if lease.deadline <= now
+        ][:limit]
+        for seq in sorted(stream.messages):
+            if len(picked) >= limit:
+                break
+            if seq <= state.cursor:
+                continue
+            state.cursor = seq
+            if self._wanted(state, stream.messages[seq]):
+                picked.append(seq)
+        out = []
+        for seq in sorted(picked):
+            count = state.counts.get(seq, 0) + 1
+            max_deliver = state.cfg.max_deliver
+            if max_deliver > 0 and count > max_deliver:
+                state.leases.pop(seq, None)
+                continue
+            state.counts[seq] = count
+            gen = next(self.broker.generation)
+            state.leases[seq] = _Lease(now + state.ack_wait, count, gen)
+            out.append(self._delivery(stream_name, state, stream.messages[seq], count, gen))
+        return out
+
+    @staticmethod
+    def _wanted(state: _Consumer, stored: _Stored) -> bool:
+        flt = state.cfg.filter_subject
+        return not flt or subject_matches(flt, stored.subject)
+
+    def _delivery(
+        self, stream: str, state: _Consumer, stored: _Stored, count: int, gen: int
+    ) -> Delivery:
+        token = f"{stream}:{state.cfg.name}:{stored.seq}:{gen}"
+        return Delivery(
+            stream=stream,
+            consumer=state.cfg.name,
+            subject=stored.subject,
+            payload=stored.payload,
+            headers=dict(stored.headers),
+            sequence=stored.seq,
+            published_at=stored.at,
+            delivery_count=count,
+            ack_token=token,
+        )
+
+    async def settle(
+        self, tokens: Sequence[str], action: AckAction, delay: float | None = None
+    ) -> None:
+        broker = self.broker
+        for token in tokens:
+            state, seq, gen = self._parse_token(token)
+            lease = state.leases.get(seq)
+            if lease is None or lease.generation != gen:
+                continue  # already settled or redelivered since: like a late JetStream ack
+            if action in (AckAction.ACK, AckAction.TERM):
+                del state.leases[seq]
+                state.done.add(seq)
+            elif action == AckAction.NAK:
+                lease.deadline = time.monotonic() + (delay or 0.0)
+            else:
+                lease.deadline = time.monotonic() + state.ack_wait
+        async with broker.changed:
+            broker.changed.notify_all()
+
+    async def pending(self, stream: str, consumer: str) -> tuple[int, int]:
+        state = self._consumer(stream, consumer)
+        stored = self._stream(stream).messages
+        waiting = sum(
+            1 for seq, m in stored.items() if seq > state.cursor and self._wanted(state, m)
+        )
+        return waiting, len(state.leases)
+
+    def _parse_token(self, token: str) -> tuple[_Consumer, int, int]:
+        parts = token.split(":")
+        if len(parts) != 4 or not parts[2].isdigit() or not parts[3].isdigit():
+            raise RequestError(
+                "ack_token",
+                "malformed memory ack token",
+                value=token,
+                fix="pass the ack_token of a message this broker delivered",
+            )
+        return self._consumer(parts[0], parts[1]), int(parts[2]), int(parts[3])
+
+    def _stream(self, name: str) -> _Stream:
+        stream = self.broker.streams.get(name)
+        if stream is None:
+            raise NotFoundError(
+                f'stream "{name}" not found; declare it with an eventbus.stream module'
+            )
+        return stream
+
+    def _stream_for(self, subject: str) -> _Stream:
+        for stream in self.broker.streams.values():
+            if any(subject_matches(p, subject) for p in stream.cfg.subjects):
+                return stream
+        raise NotFoundError(
+            f'no stream captures subject "{subject}"; add it to the subjects of an eventbus.stream'
+        )
+
+    def _consumer(self, stream: str, consumer: str) -> _Consumer:
+        self._stream(stream)
+        state = self.broker.consumers.get((stream, consumer))
+        if state is None:
+            raise NotFoundError(
+                f'consumer "{consumer}" not found on stream "{stream}"; '
+                "declare it with an eventbus.consumer module"
+            )
+        return state
+
+
+_Cfg = TypeVar("_Cfg", pb.StreamConfig, pb.ConsumerConfig)
+
+
+def _copy(msg: _Cfg) -> _Cfg:
+    clone = type(msg)()
+    clone.CopyFrom(msg)
+    return clone

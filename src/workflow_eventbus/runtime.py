@@ -1,0 +1,134 @@
+"""EventBus: the registries of one engine (brokers, streams, consumers).
+
+Nothing here is process-global: two EventBus objects in one process (two
+engines, two tests) never see each other's modules.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from google.protobuf.message import Message
+
+from ._proto import eventbus_pb2 as pb
+from .config import decode
+from .errors import BrokerUnavailableError, ConfigError, NotFoundError
+from .modules import BrokerModule, ConsumerModule, Module, StreamModule
+from .names import BROKER, CONSUMER, MODULE_ALIASES, STREAM, canonical_module_type
+from .providers.base import Provider
+
+ProviderFactory = Callable[[pb.ClusterConfig, str, str], Provider]
+
+_PROVIDER_CLASSES = {
+    "nats": ("workflow_eventbus.providers.nats", "NatsProvider"),
+    "pgchannel": ("workflow_eventbus.providers.pgchannel", "PgChannelProvider"),
+    "memory": ("workflow_eventbus.providers.memory", "MemoryProvider"),
+}
+
+_MODULE_CLASSES: dict[str, tuple[type[Module], type[Message]]] = {
+    BROKER: (BrokerModule, pb.ClusterConfig),
+    STREAM: (StreamModule, pb.StreamConfig),
+    CONSUMER: (ConsumerModule, pb.ConsumerConfig),
+}
+
+
+def load_provider(cfg: pb.ClusterConfig, url: str, broker_name: str) -> Provider:
+    """Instantiate the runtime provider named by ``cfg.provider`` (imported lazily)."""
+    module_name, class_name = _PROVIDER_CLASSES[cfg.provider]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    provider: Provider = cls(cfg, url, broker_name=broker_name)
+    return provider
+
+
+class EventBus:
+    """Owns the modules of one engine and resolves ``broker_ref`` lookups."""
+
+    def __init__(
+        self,
+        *,
+        environ: Mapping[str, str] | None = None,
+        provider_factory: ProviderFactory | None = None,
+    ) -> None:
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
+        self.make_provider: ProviderFactory = provider_factory or load_provider
+        self.brokers: dict[str, BrokerModule] = {}
+        self.streams: dict[str, StreamModule] = {}
+        self.consumers: dict[str, ConsumerModule] = {}
+        self.modules: list[Module] = []
+
+    def create_module(self, type_name: str, name: str, config: Any) -> Module:
+        """Build a module from a Mapping, Struct, JSON text or the typed message."""
+        canonical = canonical_module_type(type_name)
+        if canonical not in _MODULE_CLASSES:
+            known = ", ".join([*_MODULE_CLASSES, *MODULE_ALIASES])
+            raise ConfigError(
+                "module type", "unknown module type", value=type_name, fix=f"use one of: {known}"
+            )
+        cls, message_cls = _MODULE_CLASSES[canonical]
+        if isinstance(config, message_cls):
+            typed = config
+        else:
+            typed = decode(message_cls, config, setting=f'{canonical} "{name}"')
+        module = cls(self, name, typed)  # type: ignore[call-arg]
+        self.modules.append(module)
+        return module
+
+    def broker(self, ref: str = "") -> BrokerModule:
+        """The broker named ``ref``; with no ref, the only registered broker."""
+        if ref:
+            found = self.brokers.get(ref)
+            if found is None:
+                raise NotFoundError(
+                    f'eventbus.broker "{ref}" not registered; registered brokers: '
+                    f"{self._broker_names()}; fix broker_ref or add the broker module"
+                )
+            return found
+        if len(self.brokers) == 1:
+            return next(iter(self.brokers.values()))
+        if not self.brokers:
+            raise NotFoundError(
+                "no broker_ref given and no eventbus.broker module is registered; "
+                "add an eventbus.broker module to the app config"
+            )
+        raise ConfigError(
+            "broker_ref",
+            f"is required when several brokers are registered ({self._broker_names()})",
+            fix="set broker_ref to one of them",
+        )
+
+    def provider(self, ref: str = "") -> Provider:
+        """The connected provider of a started broker (see :meth:`broker`)."""
+        return self.broker(ref).provider
+
+    async def started_provider(self, ref: str, *, who: str) -> Provider:
+        """Like :meth:`provider`, starting the broker module first if needed."""
+        try:
+            broker = self.broker(ref)
+        except NotFoundError as exc:
+            raise NotFoundError(f"{who}: {exc}") from exc
+        await broker.start()
+        try:
+            return broker.provider
+        except BrokerUnavailableError as exc:
+            raise BrokerUnavailableError(f"{who}: {exc}") from exc
+
+    def consumer_config(self, durable: str) -> pb.ConsumerConfig | None:
+        """Config of the registered consumer module whose durable name is ``durable``.
+
+        Deterministic when several share the name: the first registered wins."""
+        for module in self.consumers.values():
+            if module.config.name == durable:
+                return module.config
+        return None
+
+    def _broker_names(self) -> str:
+        return "[" + ", ".join(sorted(self.brokers)) + "]"
+
+    async def close(self) -> None:
+        """Stop every module, newest first."""
+        for module in reversed(self.modules):
+            await module.stop()
+        self.modules.clear()

@@ -1,0 +1,205 @@
+"""Steps: step.eventbus.publish, step.eventbus.consume, step.eventbus.ack.
+
+Each step has a config message (set once, in the pipeline YAML) and a typed
+input (built per run, by the engine, from the pipeline's current data). A field
+set in the config wins; the input fills only what the config leaves unset. In a
+trigger pipeline the current data *is* the incoming message, so a publish step
+with ``subject: orders.shipped`` in its config publishes there, never back to
+the subject it was triggered by.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar, Generic, TypeVar
+
+from google.protobuf.message import Message
+
+from ._proto import eventbus_pb2 as pb
+from .config import decode, duration_seconds
+from .errors import ConfigError, NotFoundError, RequestError
+from .names import ACK_STEP, CONSUME_STEP, PUBLISH_STEP
+from .providers.base import AckAction, OutboundMessage, PublishResult, batch_size
+from .runtime import EventBus
+from .validation import validate_subject
+
+C = TypeVar("C", bound=Message)
+I = TypeVar("I", bound=Message)  # noqa: E741
+O = TypeVar("O", bound=Message)  # noqa: E741
+
+DEFAULT_MAX_WAIT = 5.0  # seconds a consume waits for a first message (Go client default)
+
+
+class Step(abc.ABC, Generic[C, I, O]):
+    type_name: ClassVar[str]
+    config_type: ClassVar[type[Message]]
+    input_type: ClassVar[type[Message]]
+    output_type: ClassVar[type[Message]]
+
+    def __init__(self, bus: EventBus, name: str, config: C) -> None:
+        self.bus = bus
+        self.name = name
+        self.config = config
+
+    async def execute(self, request: I | None = None, config: C | None = None) -> O:
+        """Run once; ``config`` overrides the stored config for this call only."""
+        cfg = config if config is not None else self.config
+        req = request if request is not None else self.input_type()
+        return await self._run(cfg, req)  # type: ignore[arg-type]
+
+    @abc.abstractmethod
+    async def _run(self, cfg: C, req: I) -> O: ...
+
+    def _where(self, field: str) -> str:
+        return f'{self.type_name} "{self.name}": {field}'
+
+
+class PublishStep(Step[pb.PublishStepConfig, pb.PublishRequest, pb.PublishResponse]):
+    type_name = PUBLISH_STEP
+    config_type = pb.PublishStepConfig
+    input_type = pb.PublishRequest
+    output_type = pb.PublishResponse
+
+    async def _run(self, cfg: pb.PublishStepConfig, req: pb.PublishRequest) -> pb.PublishResponse:
+        provider = self.bus.provider(cfg.broker_ref or req.broker_ref)
+        if req.messages:
+            outgoing = [self._outbound(cfg, req, item) for item in req.messages]
+            results = await provider.publish_many(outgoing)
+            return _batch_response(results)
+        result = await provider.publish(self._outbound(cfg, req, None))
+        return result.to_proto()
+
+    def _outbound(
+        self, cfg: pb.PublishStepConfig, req: pb.PublishRequest, item: pb.PublishRequest | None
+    ) -> OutboundMessage:
+        # Precedence: step config, then the batch item, then the request itself.
+        layers = [req] if item is None else [item, req]
+        subject = cfg.subject or _first(layers, "subject")
+        if not subject:
+            raise RequestError(
+                self._where("subject"),
+                "is required",
+                fix="set subject in the step config or pass it in the input",
+            )
+        validate_subject(subject, setting=self._where("subject"), wildcards=False)
+        headers: dict[str, str] = {}
+        for layer in reversed(layers):
+            headers.update(layer.headers)
+        headers.update(cfg.headers)
+        payload = cfg.payload.encode() if cfg.payload else _first_bytes(layers)
+        return OutboundMessage(
+            subject=subject,
+            payload=payload,
+            headers=headers,
+            correlation_id=cfg.correlation_id or _first(layers, "correlation_id"),
+            msg_id=cfg.msg_id or _first(layers, "msg_id"),
+        )
+
+
+def _first(layers: list[pb.PublishRequest], field: str) -> str:
+    for layer in layers:
+        value: str = getattr(layer, field)
+        if value:
+            return value
+    return ""
+
+
+def _first_bytes(layers: list[pb.PublishRequest]) -> bytes:
+    for layer in layers:
+        if layer.payload:
+            return layer.payload
+    return b""
+
+
+def _batch_response(results: list[PublishResult | Exception]) -> pb.PublishResponse:
+    """One result per message; the top-level fields echo the last success."""
+    out = pb.PublishResponse()
+    failed = 0
+    for result in results:
+        if isinstance(result, Exception):
+            failed += 1
+            out.results.append(pb.PublishResponse(error=str(result)))
+            continue
+        item = result.to_proto()
+        out.results.append(item)
+        out.sequence, out.acked_at, out.stream = item.sequence, item.acked_at, item.stream
+    if failed:
+        out.error = f"{failed} of {len(results)} messages failed; see results[].error"
+    return out
+
+
+class ConsumeStep(Step[pb.ConsumeStepConfig, pb.ConsumeRequest, pb.ConsumeResponse]):
+    type_name = CONSUME_STEP
+    config_type = pb.ConsumeStepConfig
+    input_type = pb.ConsumeRequest
+    output_type = pb.ConsumeResponse
+
+    async def _run(self, cfg: pb.ConsumeStepConfig, req: pb.ConsumeRequest) -> pb.ConsumeResponse:
+        durable = cfg.consumer or req.consumer
+        if not durable:
+            raise RequestError(
+                self._where("consumer"),
+                "is required",
+                fix="set consumer to the durable name of an eventbus.consumer module",
+            )
+        registered = self.bus.consumer_config(durable)
+        if registered is None:
+            raise NotFoundError(
+                f'{self._where("consumer")}: consumer "{durable}" not registered; '
+                f'add an eventbus.consumer module with name: "{durable}"'
+            )
+        ref = cfg.broker_ref or req.broker_ref or registered.broker_ref
+        provider = self.bus.provider(ref)
+        wait = duration_seconds(cfg.max_wait) or duration_seconds(req.max_wait) or DEFAULT_MAX_WAIT
+        size = batch_size(cfg.batch_size or req.batch_size)
+        deliveries = await provider.fetch(registered.stream_name, durable, size, wait)
+        return pb.ConsumeResponse(messages=[d.to_proto() for d in deliveries])
+
+
+class AckStep(Step[pb.AckStepConfig, pb.AckRequest, pb.AckResponse]):
+    type_name = ACK_STEP
+    config_type = pb.AckStepConfig
+    input_type = pb.AckRequest
+    output_type = pb.AckResponse
+
+    async def _run(self, cfg: pb.AckStepConfig, req: pb.AckRequest) -> pb.AckResponse:
+        tokens = [t for t in [cfg.ack_token, *cfg.ack_tokens] if t]
+        if not tokens:
+            tokens = [t for t in [req.ack_token, *req.ack_tokens] if t]
+        if not tokens:
+            raise RequestError(
+                self._where("ack_token"),
+                "is required",
+                fix="pass the ack_token of a consumed message (or ack_tokens for many)",
+            )
+        action = AckAction(cfg.action or req.action or pb.ACK_ACTION_ACK)
+        delay = duration_seconds(cfg.delay) or duration_seconds(req.delay) or None
+        provider = self.bus.provider(cfg.broker_ref or req.broker_ref)
+        await provider.settle(tokens, action, delay)
+        return pb.AckResponse(count=len(tokens))
+
+
+STEP_CLASSES: dict[str, type[Step[Any, Any, Any]]] = {
+    PUBLISH_STEP: PublishStep,
+    CONSUME_STEP: ConsumeStep,
+    ACK_STEP: AckStep,
+}
+
+
+def create_step(
+    bus: EventBus, type_name: str, name: str, config: Any = None
+) -> Step[Any, Any, Any]:
+    """Build a step; ``config`` may be a Mapping, Struct, JSON text, the typed message or None."""
+    cls = STEP_CLASSES.get(type_name)
+    if cls is None:
+        raise ConfigError(
+            "step type",
+            "unknown step type",
+            value=type_name,
+            fix=f"use one of: {', '.join(STEP_CLASSES)}",
+        )
+    if isinstance(config, cls.config_type):
+        typed = config
+    else:
+        typed = decode(cls.config_type, config, setting=f'{type_name} "{name}"')
+    return cls(bus, name, typed)

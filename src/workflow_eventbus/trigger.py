@@ -1,0 +1,210 @@
+"""trigger.eventbus.subscribe: fires a handler (a pipeline, through the engine) per message.
+
+Trigger config is the ConsumerConfig plus the Go plugin's aliases: ``consumer``
+for ``name`` and ``bus`` for ``broker_ref`` (the canonical key wins when both
+are set). Fields left unset are inherited from the registered eventbus.consumer
+module with the same durable name (stream_name, broker_ref, max_deliver,
+backoff, ...). ``workflowType`` (added by the engine) is accepted.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from ._proto import eventbus_pb2 as pb
+from .config import as_mapping, decode, duration_seconds
+from .errors import BrokerUnavailableError, ConfigError
+from .modules import default_dead_letter_subject, ensure_dead_letter_stream
+from .names import SUBSCRIBE
+from .providers.base import Delivery, rfc3339
+from .runtime import EventBus
+from .subscriber import DEFAULT_BACKOFF, DEFAULT_DRAIN_TIMEOUT, SubscribeOptions, Subscription
+from .validation import validate_consumer
+
+log = logging.getLogger("workflow_eventbus.trigger")
+
+DataHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+ALIASES = {"consumer": "name", "bus": "broker_ref"}
+ENGINE_KEYS = ("workflowType",)
+DEFAULT_MAX_IN_FLIGHT = 1
+DEFAULT_ACK_WAIT = 30.0
+
+_JSON_TYPES = {
+    bool: "boolean",
+    int: "number",
+    float: "number",
+    dict: "object",
+    list: "list",
+    type(None): "null",
+}
+
+
+def trigger_data(delivery: Delivery) -> dict[str, Any]:
+    """The data map sent to the engine for one message (see DESIGN.md)."""
+    data: dict[str, Any] = {
+        "subject": delivery.subject,
+        "payload": base64.b64encode(delivery.payload).decode("ascii"),
+        "headers": dict(delivery.headers),
+        "sequence": str(delivery.sequence),
+        "published_at": rfc3339(delivery.published_at),
+        "ack_token": delivery.ack_token,
+        "delivery_count": delivery.delivery_count,
+        "stream": delivery.stream,
+        "consumer": delivery.consumer,
+    }
+    body = decode_body(delivery.payload)
+    if body is not None:
+        data["body"] = body
+    return data
+
+
+def decode_body(payload: bytes) -> Any:
+    """The JSON value of the payload, else its UTF-8 text, else None."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_trigger_config(
+    bus: EventBus, mapping: Any, *, instance: str = SUBSCRIBE
+) -> pb.ConsumerConfig:
+    """Trigger config (Struct or Mapping) -> ConsumerConfig, aliases and inheritance applied."""
+    where = f'{SUBSCRIBE} "{instance}"'
+    raw = dict(as_mapping(mapping, setting=where))
+    resolved: dict[str, Any] = {}
+    for canonical in ("name", "broker_ref", "stream_name", "filter_subject"):
+        _string_key(raw, canonical, where)
+    for alias, canonical in ALIASES.items():
+        alias_value = raw.pop(alias, None)
+        if not raw.get(canonical) and alias_value is not None:
+            resolved[canonical] = _must_string(alias_value, alias, where)
+    for key in ENGINE_KEYS:
+        raw.pop(key, None)
+    raw.update(resolved)
+    cfg = decode(pb.ConsumerConfig, raw, setting=where)
+    registered = bus.consumer_config(cfg.name) if cfg.name else None
+    if registered is not None:
+        cfg = _inherit(cfg, registered)
+    validate_consumer(instance, cfg, kind=SUBSCRIBE)
+    return cfg
+
+
+def _string_key(raw: Mapping[str, Any], key: str, where: str) -> None:
+    if key in raw and raw[key] is not None:
+        _must_string(raw[key], key, where)
+
+
+def _must_string(value: Any, key: str, where: str) -> str:
+    if not isinstance(value, str):
+        kind = _JSON_TYPES.get(type(value), type(value).__name__)
+        raise ConfigError(
+            f"{where}: config[{key}]",
+            f"must be a string, got {kind}",
+            value=value,
+            fix=f"quote the value of {key}",
+        )
+    return value
+
+
+def _inherit(own: pb.ConsumerConfig, registered: pb.ConsumerConfig) -> pb.ConsumerConfig:
+    """Fields set on the trigger win; unset ones come from the consumer module."""
+    merged = pb.ConsumerConfig()
+    merged.CopyFrom(registered)
+    for field, value in own.ListFields():
+        if field.is_repeated:
+            getattr(merged, field.name)[:] = value
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(merged, field.name).CopyFrom(value)
+        else:
+            setattr(merged, field.name, value)
+    return merged
+
+
+class SubscribeTrigger:
+    """Owns one Subscription from ``start`` to ``stop`` (never tied to an RPC)."""
+
+    def __init__(
+        self, bus: EventBus, name: str, config: pb.ConsumerConfig, handler: DataHandler
+    ) -> None:
+        self.bus = bus
+        self.name = name
+        self.config = config
+        self._handler = handler
+        self.subscription: Subscription | None = None
+
+    @classmethod
+    def from_trigger_config(
+        cls, bus: EventBus, workflow_type: str, mapping: Any, handler: DataHandler
+    ) -> SubscribeTrigger:
+        cfg = parse_trigger_config(bus, mapping, instance=workflow_type or SUBSCRIBE)
+        return cls(bus, workflow_type or SUBSCRIBE, cfg, handler)
+
+    def options(self) -> SubscribeOptions:
+        cfg = self.config
+        ack_wait = duration_seconds(cfg.ack_wait) or self._stream_ack_wait() or DEFAULT_ACK_WAIT
+        backoff = tuple(duration_seconds(d) for d in cfg.backoff) or DEFAULT_BACKOFF
+        drain = duration_seconds(cfg.drain_timeout)
+        return SubscribeOptions(
+            max_in_flight=cfg.max_in_flight or DEFAULT_MAX_IN_FLIGHT,
+            fetch_batch=cfg.fetch_batch,
+            backoff=backoff,
+            max_deliver=cfg.max_deliver,
+            dead_letter_subject=cfg.dead_letter_subject
+            or default_dead_letter_subject(cfg.stream_name, cfg.name),
+            ack_wait=ack_wait,
+            drain_timeout=drain or DEFAULT_DRAIN_TIMEOUT,
+        )
+
+    def _stream_ack_wait(self) -> float:
+        for stream in self.bus.streams.values():
+            if stream.config.name == self.config.stream_name:
+                return duration_seconds(stream.config.ack_wait)
+        return 0.0
+
+    async def start(self) -> None:
+        if self.subscription is not None and self.subscription.running:
+            return
+        await self._ensure_consumer()
+        self.subscription = Subscription(
+            lambda: self.bus.provider(self.config.broker_ref),
+            self.config.stream_name,
+            self.config.name,
+            self._deliver,
+            self.options(),
+            name=f"{SUBSCRIBE} {self.name}",
+        )
+        await self.subscription.start()
+
+    async def _ensure_consumer(self) -> None:
+        for module in list(self.bus.consumers.values()):
+            if module.config.name == self.config.name:
+                await module.start()
+                return
+        try:
+            provider = await self.bus.started_provider(self.config.broker_ref, who=str(self))
+            if self.config.max_deliver > 0 and not self.config.dead_letter_subject:
+                await ensure_dead_letter_stream(provider)
+            await provider.ensure_consumer(self.config)
+        except BrokerUnavailableError as exc:
+            log.warning("%s: broker not reachable yet, the loop will retry: %s", self, exc)
+
+    async def stop(self) -> None:
+        sub, self.subscription = self.subscription, None
+        if sub is not None:
+            await sub.stop()
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        await self._handler(trigger_data(delivery))
+
+    def __str__(self) -> str:
+        return f'{SUBSCRIBE} "{self.name}"'
