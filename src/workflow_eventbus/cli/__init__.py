@@ -1,0 +1,1 @@
+"""Command line: the plugin launcher and its subcommands."""

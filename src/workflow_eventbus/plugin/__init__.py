@@ -1,0 +1,1 @@
+"""The plugin process: go-plugin transport and the PluginService around the library."""

@@ -1,0 +1,351 @@
+"""What the plugin advertises: manifest, type lists, module schemas, contracts.
+
+Everything here is static and derived from one place, so the gRPC answers
+(GetManifest, Get*Types, GetModuleSchemas, GetContractRegistry) and the files
+an engine reads from disk (``plugin.json``, ``plugin.contracts.json``) can never
+disagree. ``tests/unit/test_contracts.py`` checks the committed files against
+these functions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import descriptor_pb2, empty_pb2, struct_pb2
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor
+
+from .. import __version__
+from .._proto import eventbus_pb2 as pb
+from .._proto import plugin_pb2 as ppb
+from ..config import enum_short_name, format_duration
+from ..modules import DEFAULT_CONNECT_TIMEOUT
+from ..names import (
+    ACK_STEP,
+    BROKER,
+    CONSUME_STEP,
+    CONSUMER,
+    MODULE_TYPES,
+    PLUGIN_NAME,
+    PUBLISH_STEP,
+    STEP_TYPES,
+    STREAM,
+    SUBSCRIBE,
+    TRIGGER_TYPES,
+)
+from ..subscriber import DEFAULT_BACKOFF, DEFAULT_DRAIN_TIMEOUT
+from ..trigger import DEFAULT_ACK_WAIT, DEFAULT_MAX_IN_FLIGHT
+
+AUTHOR = "GoCodeAlone"
+DESCRIPTION = (
+    "Durable event bus for workflow pipelines: NATS JetStream or PostgreSQL brokers, "
+    "streams and consumers as modules, publish/consume/ack steps and a subscribe trigger."
+)
+LICENSE = "MIT"
+# Oldest engine known to strip `_`-prefixed keys from typed step configs on
+# ExecuteStep (reference plugin-protocol.md §3.4); steps with a config message
+# need that.
+MIN_ENGINE_VERSION = "0.57.2"
+
+# GetModuleTypes keeps the Go plugin's list: the trigger type is also a module
+# type there. plugin.json lists only the three real modules (as the Go one does).
+RUNTIME_MODULE_TYPES = (*MODULE_TYPES, SUBSCRIBE)
+
+_SEMVER = re.compile(r"^\d+\.\d+\.\d+")
+
+
+def plugin_version(raw: str = __version__) -> str:
+    """Plain ``X.Y.Z`` (the engine rejects ``-rc1``/``+meta`` and dev versions)."""
+    match = _SEMVER.match(raw)
+    return match.group(0) if match else "0.0.0"
+
+
+def manifest() -> ppb.Manifest:
+    return ppb.Manifest(
+        name=PLUGIN_NAME, version=plugin_version(), author=AUTHOR, description=DESCRIPTION
+    )
+
+
+# --- contracts ------------------------------------------------------------------
+
+
+def _full(msg: type[Any]) -> str:
+    return str(msg.DESCRIPTOR.full_name)
+
+
+@dataclass(frozen=True, slots=True)
+class StepContract:
+    step_type: str
+    config: type[Any]
+    input: type[Any]
+    output: type[Any]
+
+
+MODULE_CONFIGS: dict[str, type[Any]] = {
+    BROKER: pb.ClusterConfig,
+    STREAM: pb.StreamConfig,
+    CONSUMER: pb.ConsumerConfig,
+    SUBSCRIBE: pb.ConsumerConfig,
+}
+
+STEP_CONTRACTS: dict[str, StepContract] = {
+    PUBLISH_STEP: StepContract(
+        PUBLISH_STEP, pb.PublishStepConfig, pb.PublishRequest, pb.PublishResponse
+    ),
+    CONSUME_STEP: StepContract(
+        CONSUME_STEP, pb.ConsumeStepConfig, pb.ConsumeRequest, pb.ConsumeResponse
+    ),
+    ACK_STEP: StepContract(ACK_STEP, pb.AckStepConfig, pb.AckRequest, pb.AckResponse),
+}
+
+TRIGGER_CONFIG = pb.ConsumerConfig
+TRIGGER_OUTPUT = pb.Message
+
+STRICT = ppb.CONTRACT_MODE_STRICT_PROTO
+
+
+def contract_descriptors() -> list[ppb.ContractDescriptor]:
+    """Every advertised type with its messages, all STRICT_PROTO."""
+    out = [
+        ppb.ContractDescriptor(
+            kind=ppb.CONTRACT_KIND_MODULE, module_type=t, config_message=_full(cls), mode=STRICT
+        )
+        for t, cls in MODULE_CONFIGS.items()
+    ]
+    out += [
+        ppb.ContractDescriptor(
+            kind=ppb.CONTRACT_KIND_STEP,
+            step_type=c.step_type,
+            config_message=_full(c.config),
+            input_message=_full(c.input),
+            output_message=_full(c.output),
+            mode=STRICT,
+        )
+        for c in STEP_CONTRACTS.values()
+    ]
+    out.append(
+        ppb.ContractDescriptor(
+            kind=ppb.CONTRACT_KIND_TRIGGER,
+            trigger_type=SUBSCRIBE,
+            config_message=_full(TRIGGER_CONFIG),
+            output_message=_full(TRIGGER_OUTPUT),
+            mode=STRICT,
+        )
+    )
+    return out
+
+
+def file_descriptor_set() -> descriptor_pb2.FileDescriptorSet:
+    """struct, empty, duration, eventbus: every transitive import, each file once,
+    dependencies before the files that import them."""
+    roots = (struct_pb2.DESCRIPTOR, empty_pb2.DESCRIPTOR, pb.DESCRIPTOR)
+    fds = descriptor_pb2.FileDescriptorSet()
+    for file in _dependency_order(roots):
+        file.CopyToProto(fds.file.add())
+    return fds
+
+
+def _dependency_order(roots: Iterable[FileDescriptor]) -> list[FileDescriptor]:
+    seen: set[str] = set()
+    ordered: list[FileDescriptor] = []
+
+    def visit(file: FileDescriptor) -> None:
+        if file.name in seen:
+            return
+        seen.add(file.name)
+        for dep in file.dependencies:
+            visit(dep)
+        ordered.append(file)
+
+    for root in roots:
+        visit(root)
+    return ordered
+
+
+def contract_registry() -> ppb.ContractRegistry:
+    return ppb.ContractRegistry(
+        contracts=contract_descriptors(), file_descriptor_set=file_descriptor_set()
+    )
+
+
+def message_names() -> list[str]:
+    """Every message name the registry refers to (for resolution checks)."""
+    names: list[str] = []
+    for d in contract_descriptors():
+        for name in (d.config_message, d.input_message, d.output_message):
+            if name and name not in names:
+                names.append(name)
+    return names
+
+
+# --- module schemas ---------------------------------------------------------------
+
+_LABELS = {
+    BROKER: ("Event bus broker", "A broker connection (NATS JetStream or PostgreSQL)."),
+    STREAM: ("Event bus stream", "A durable stream of messages on the broker."),
+    CONSUMER: ("Event bus consumer", "A durable pull consumer on a stream."),
+    SUBSCRIBE: (
+        "Event bus subscribe trigger (module form)",
+        "Kept for Go parity; validated but inert. Use it as a pipeline trigger instead.",
+    ),
+}
+
+# Defaults the runtime applies when a field is left unset (taken from the library).
+_DEFAULTS: dict[str, dict[str, str]] = {
+    BROKER: {"connect_timeout": format_duration(DEFAULT_CONNECT_TIMEOUT)},
+    STREAM: {},
+    CONSUMER: {
+        "ack_wait": format_duration(DEFAULT_ACK_WAIT) + " (or the stream's ack_wait)",
+        "max_in_flight": str(DEFAULT_MAX_IN_FLIGHT),
+        "fetch_batch": "0 (as many as there are free handler slots)",
+        "drain_timeout": format_duration(DEFAULT_DRAIN_TIMEOUT),
+        "backoff": ", ".join(format_duration(s) for s in DEFAULT_BACKOFF),
+    },
+}
+_DESCRIPTIONS = {
+    "provider": "broker runtime: nats (JetStream) or pgchannel (PostgreSQL)",
+    "dsn": "broker URL: nats://host:4222 or postgres://user@host/db",
+    "deploy_target": "where the broker runs (nats: self_hosted, kubernetes, ...)",
+    "name": "stream name, or durable consumer name",
+    "subjects": "subjects the stream stores (wildcards * and > allowed)",
+    "stream_name": "stream the consumer reads",
+    "broker_ref": "name of the eventbus.broker module (empty: the only broker)",
+    "filter_subject": "only deliver messages whose subject matches",
+    "max_deliver": "deliveries before a message goes to the dead-letter subject (0: unlimited)",
+    "max_in_flight": "messages handled concurrently by a trigger (1 keeps stream order)",
+    "dead_letter_subject": "where messages go after max_deliver failed deliveries",
+    "backoff": "waits before redelivering a failed message, one per attempt",
+}
+_DEFAULTS[SUBSCRIBE] = _DEFAULTS[CONSUMER]
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    BROKER: ("provider",),
+    STREAM: ("name", "subjects"),
+    CONSUMER: ("name", "stream_name"),
+    SUBSCRIBE: ("name",),
+}
+
+
+def _field_type(field: FieldDescriptor) -> tuple[str, list[str]]:
+    message, enum = field.message_type, field.enum_type
+    if message is not None:
+        if message.GetOptions().map_entry:
+            return "map", []
+        kind = "duration" if message.full_name == "google.protobuf.Duration" else "object"
+    elif enum is not None:
+        options = [enum_short_name(enum, v.number) for v in enum.values if v.number != 0]
+        return ("array" if _repeated(field) else "select"), options
+    elif field.type == FieldDescriptor.TYPE_BOOL:
+        kind = "boolean"
+    elif field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
+        kind = "string"
+    else:
+        kind = "number"
+    return ("array" if _repeated(field) else kind), []
+
+
+def _repeated(field: FieldDescriptor) -> bool:
+    return bool(field.is_repeated)
+
+
+def _config_fields(module_type: str, desc: Descriptor) -> list[ppb.ConfigFieldDef]:
+    fields = []
+    defaults = _DEFAULTS.get(module_type, {})
+    required = _REQUIRED.get(module_type, ())
+    for field in desc.fields:
+        kind, options = _field_type(field)
+        if field.name == "provider":
+            kind, options = "select", ["nats", "pgchannel", "memory", "kafka", "kinesis"]
+        fields.append(
+            ppb.ConfigFieldDef(
+                name=field.name,
+                type=kind,
+                description=_describe(field),
+                default_value=defaults.get(field.name, ""),
+                required=field.name in required,
+                options=options,
+            )
+        )
+    return fields
+
+
+def _describe(field: FieldDescriptor) -> str:
+    if field.name in _DESCRIPTIONS:
+        return _DESCRIPTIONS[field.name]
+    words = field.name.replace("_", " ")
+    message = field.message_type
+    if message is not None and not message.GetOptions().map_entry:
+        if message.full_name == "google.protobuf.Duration":
+            return f'{words} (duration such as "30s")'
+        return f"{words} ({message.name})"
+    return words
+
+
+def module_schemas() -> ppb.ModuleSchemaList:
+    schemas = []
+    for module_type, cls in MODULE_CONFIGS.items():
+        label, description = _LABELS[module_type]
+        schemas.append(
+            ppb.ModuleSchema(
+                type=module_type,
+                label=label,
+                category="messaging",
+                description=description,
+                config_fields=_config_fields(module_type, cls.DESCRIPTOR),
+            )
+        )
+    return ppb.ModuleSchemaList(schemas=schemas)
+
+
+# --- files on disk ----------------------------------------------------------------
+
+
+def plugin_json() -> dict[str, Any]:
+    """The engine's ``plugin.json`` (object-shaped capabilities, as the Go plugin)."""
+    return {
+        "name": PLUGIN_NAME,
+        "version": plugin_version(),
+        "description": DESCRIPTION,
+        "author": AUTHOR,
+        "license": LICENSE,
+        "type": "external",
+        "tier": "community",
+        "private": False,
+        "minEngineVersion": MIN_ENGINE_VERSION,
+        "keywords": ["eventbus", "nats", "jetstream", "postgres", "pubsub", "python"],
+        "capabilities": {
+            "configProvider": False,
+            "moduleTypes": list(MODULE_TYPES),
+            "stepTypes": list(STEP_TYPES),
+            "triggerTypes": list(TRIGGER_TYPES),
+        },
+    }
+
+
+_KIND_NAMES = {
+    ppb.CONTRACT_KIND_MODULE: ("module", "module_type"),
+    ppb.CONTRACT_KIND_STEP: ("step", "step_type"),
+    ppb.CONTRACT_KIND_TRIGGER: ("trigger", "trigger_type"),
+}
+
+
+def contracts_json() -> dict[str, Any]:
+    """``plugin.contracts.json``: the runtime registry in the audit tool's shape."""
+    entries = []
+    for d in contract_descriptors():
+        kind, type_field = _KIND_NAMES[d.kind]
+        entry: dict[str, Any] = {
+            "kind": kind,
+            "type": getattr(d, type_field),
+            "mode": "strict_proto",
+        }
+        for key, value in (
+            ("config", d.config_message),
+            ("input", d.input_message),
+            ("output", d.output_message),
+        ):
+            if value:
+                entry[key] = value
+        entries.append(entry)
+    return {"version": "1", "contracts": entries}

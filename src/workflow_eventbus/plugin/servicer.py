@@ -1,0 +1,395 @@
+"""``workflow.plugin.v1.PluginService``: the engine's RPCs mapped onto the library.
+
+Conventions (reference plugin-protocol.md §3):
+
+* application errors are answered in-band (``.error`` fields, status OK);
+* handles are uuid4 strings; modules and triggers share one namespace
+  (``unknown module handle: <id>``), steps have their own
+  (``unknown step handle: <id>``);
+* a trigger's subscribe loop belongs to the trigger object: StartModule starts
+  it, StopModule stops it; no RPC context is involved;
+* nothing blocks the event loop, so an ExecuteStep arriving while a
+  TriggerWorkflow is in flight (the engine runs the pipeline inside that call)
+  is served at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, cast
+
+import grpc
+from google.protobuf import any_pb2, empty_pb2, json_format
+from google.protobuf.message import Message
+
+from .._proto import eventbus_pb2 as pb
+from .._proto import plugin_pb2 as ppb
+from .._proto import plugin_pb2_grpc as pgrpc
+from ..config import decode
+from ..errors import ConfigError, EventbusError, NotFoundError, RequestError
+from ..names import STEP_TYPES, SUBSCRIBE, TRIGGER_TYPES, canonical_module_type
+from ..runtime import EventBus
+from ..steps import create_step
+from ..trigger import SubscribeTrigger
+from . import contracts
+from .callback import CallbackClient
+
+log = logging.getLogger("workflow_eventbus.plugin")
+
+M = TypeVar("M", bound=Message)
+Ctx = grpc.aio.ServicerContext[Any, Any]
+EMPTY_NAME = empty_pb2.Empty.DESCRIPTOR.full_name
+
+
+class Lifecycle(Protocol):
+    async def init(self) -> None: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Handle:
+    kind: str  # "module" or "trigger"
+    type: str
+    name: str
+    obj: Any
+
+
+@dataclass(slots=True)
+class _StepHandle:
+    type: str
+    name: str
+    step: Any
+
+
+class InertSubscribeModule:
+    """``trigger.eventbus.subscribe`` created as a *module* (Go parity).
+
+    The Go plugin builds a trigger without a callback here, whose Start does
+    nothing. We validate the config the same way and stay inert: pipelines get
+    messages through CreateTrigger (a pipeline ``trigger:``), not through this."""
+
+    def __init__(self, name: str, cfg: pb.ConsumerConfig) -> None:
+        if not cfg.name:
+            raise ConfigError(
+                f'{SUBSCRIBE} "{name}": name',
+                "is required",
+                fix="set name to the durable consumer to subscribe to",
+            )
+        self.name = name
+        self.config = cfg
+
+    async def init(self) -> None:
+        return None
+
+    async def start(self) -> None:
+        log.info(
+            "%s %r used as a module: inert (use it as a pipeline trigger)", SUBSCRIBE, self.name
+        )
+
+    async def stop(self) -> None:
+        return None
+
+
+def unpack(value: any_pb2.Any, cls: type[M], what: str) -> M:
+    """Unpack ``value`` as ``cls``; a different type is a RequestError naming both."""
+    expected = cls.DESCRIPTOR.full_name
+    got = value.type_url.rsplit("/", 1)[-1]
+    if got != expected:
+        raise RequestError(
+            what,
+            f"{what} type mismatch: expected {expected}, got {got or '(empty type_url)'}",
+            fix=f"pack a {expected} (type.googleapis.com/{expected})",
+        )
+    message = cls()
+    if not value.Unpack(message):
+        raise RequestError(what, f"cannot unpack {what} as {expected}", fix="send a valid message")
+    return message
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, EventbusError):
+        return str(exc)
+    log.exception("unexpected error")
+    return f"internal error ({type(exc).__name__}): {exc}"
+
+
+class PluginService(pgrpc.PluginServiceServicer):
+    def __init__(self, callbacks: CallbackClient, bus: EventBus | None = None) -> None:
+        self.bus = bus if bus is not None else EventBus()
+        self.callbacks = callbacks
+        self._handles: dict[str, _Handle] = {}
+        self._steps: dict[str, _StepHandle] = {}
+
+    # --- static answers ---------------------------------------------------------
+
+    async def GetManifest(self, request: empty_pb2.Empty, context: Ctx) -> ppb.Manifest:  # noqa: N802
+        return contracts.manifest()
+
+    async def GetModuleTypes(self, request: empty_pb2.Empty, context: Ctx) -> ppb.TypeList:  # noqa: N802
+        return ppb.TypeList(types=contracts.RUNTIME_MODULE_TYPES)
+
+    async def GetStepTypes(self, request: empty_pb2.Empty, context: Ctx) -> ppb.TypeList:  # noqa: N802
+        return ppb.TypeList(types=STEP_TYPES)
+
+    async def GetTriggerTypes(self, request: empty_pb2.Empty, context: Ctx) -> ppb.TypeList:  # noqa: N802
+        return ppb.TypeList(types=TRIGGER_TYPES)
+
+    async def GetModuleSchemas(  # noqa: N802
+        self, request: empty_pb2.Empty, context: Ctx
+    ) -> ppb.ModuleSchemaList:
+        return contracts.module_schemas()
+
+    async def GetContractRegistry(  # noqa: N802
+        self, request: empty_pb2.Empty, context: Ctx
+    ) -> ppb.ContractRegistry:
+        return contracts.contract_registry()
+
+    async def GetConfigFragment(  # noqa: N802
+        self, request: empty_pb2.Empty, context: Ctx
+    ) -> ppb.ConfigFragmentResponse:
+        return ppb.ConfigFragmentResponse()  # no config fragment to merge
+
+    async def GetAsset(self, request: ppb.GetAssetRequest, context: Ctx) -> ppb.GetAssetResponse:  # noqa: N802
+        return ppb.GetAssetResponse(
+            error=f"asset {request.path!r}: workflow-plugin-eventbus serves no assets"
+        )
+
+    async def InvokeService(  # noqa: N802
+        self, request: ppb.InvokeServiceRequest, context: Ctx
+    ) -> ppb.InvokeServiceResponse:
+        if request.handle_id not in self._handles:
+            return ppb.InvokeServiceResponse(error=f"unknown module handle: {request.handle_id}")
+        return ppb.InvokeServiceResponse(
+            error=f"service method {request.method!r}: eventbus modules expose no service "
+            "methods; use the step.eventbus.* steps"
+        )
+
+    async def DeliverMessage(  # noqa: N802
+        self, request: ppb.DeliverMessageRequest, context: Ctx
+    ) -> ppb.DeliverMessageResponse:
+        return ppb.DeliverMessageResponse(
+            error=f"topic {request.topic!r}: DeliverMessage is not used by workflow-plugin-eventbus; "
+            "messages arrive through trigger.eventbus.subscribe"
+        )
+
+    async def ConfigureCallback(  # noqa: N802
+        self, request: ppb.ConfigureCallbackRequest, context: Ctx
+    ) -> ppb.ErrorResponse:
+        return ppb.ErrorResponse(error=await self.callbacks.configure(request.broker_id))
+
+    # --- modules ----------------------------------------------------------------
+
+    async def CreateModule(  # noqa: N802
+        self, request: ppb.CreateModuleRequest, context: Ctx
+    ) -> ppb.HandleResponse:
+        try:
+            handle = self._create_module(request)
+        except Exception as exc:
+            return ppb.HandleResponse(error=_error_text(exc))
+        return ppb.HandleResponse(handle_id=handle)
+
+    def _create_module(self, request: ppb.CreateModuleRequest) -> str:
+        module_type = canonical_module_type(request.type)
+        cls = contracts.MODULE_CONFIGS.get(module_type)
+        if cls is None:
+            valid = ", ".join(contracts.RUNTIME_MODULE_TYPES)
+            raise NotFoundError(
+                f'unknown module type "{request.type}"; this plugin provides {valid}'
+            )
+        where = f'{module_type} "{request.name}"'
+        config: Any
+        if request.HasField("typed_config") and request.typed_config.type_url:
+            config = unpack(request.typed_config, cls, "typed config")
+        else:
+            config = request.config if request.HasField("config") else {}
+        obj: Any
+        if module_type == SUBSCRIBE:
+            cfg = config if isinstance(config, Message) else decode(cls, config, setting=where)
+            obj = InertSubscribeModule(request.name, cast(pb.ConsumerConfig, cfg))
+        else:
+            obj = self.bus.create_module(module_type, request.name, config)
+        return self._register(_Handle("module", module_type, request.name, obj))
+
+    def _register(self, handle: _Handle) -> str:
+        handle_id = str(uuid.uuid4())
+        self._handles[handle_id] = handle
+        return handle_id
+
+    async def _lifecycle(
+        self, request: ppb.HandleRequest, op: Callable[[_Handle], Awaitable[None]]
+    ) -> ppb.ErrorResponse:
+        handle = self._handles.get(request.handle_id)
+        if handle is None:
+            return ppb.ErrorResponse(error=f"unknown module handle: {request.handle_id}")
+        try:
+            await op(handle)
+        except Exception as exc:
+            return ppb.ErrorResponse(error=_error_text(exc))
+        return ppb.ErrorResponse()
+
+    async def InitModule(self, request: ppb.HandleRequest, context: Ctx) -> ppb.ErrorResponse:  # noqa: N802
+        return await self._lifecycle(request, _init)
+
+    async def StartModule(self, request: ppb.HandleRequest, context: Ctx) -> ppb.ErrorResponse:  # noqa: N802
+        return await self._lifecycle(request, lambda h: h.obj.start())
+
+    async def StopModule(self, request: ppb.HandleRequest, context: Ctx) -> ppb.ErrorResponse:  # noqa: N802
+        return await self._lifecycle(request, lambda h: h.obj.stop())
+
+    async def DestroyModule(self, request: ppb.HandleRequest, context: Ctx) -> ppb.ErrorResponse:  # noqa: N802
+        response = await self._lifecycle(request, lambda h: h.obj.stop())
+        self._handles.pop(request.handle_id, None)  # stop, then forget
+        return response
+
+    # --- triggers ---------------------------------------------------------------
+
+    async def CreateTrigger(  # noqa: N802
+        self, request: ppb.CreateTriggerRequest, context: Ctx
+    ) -> ppb.HandleResponse:
+        if request.type not in TRIGGER_TYPES:
+            return ppb.HandleResponse(
+                error=f'unknown trigger type "{request.type}"; this plugin provides {SUBSCRIBE}'
+            )
+        workflow_type = request.name or request.type
+        try:
+            mapping = (
+                json_format.MessageToDict(request.config) if request.HasField("config") else {}
+            )
+            trigger = SubscribeTrigger.from_trigger_config(
+                self.bus, workflow_type, mapping, self._trigger_handler(workflow_type)
+            )
+        except Exception as exc:
+            return ppb.HandleResponse(error=_error_text(exc))
+        handle = self._register(_Handle("trigger", request.type, workflow_type, trigger))
+        log.info("trigger %s created for %s", request.type, workflow_type)
+        return ppb.HandleResponse(handle_id=handle)
+
+    def _trigger_handler(self, workflow_type: str) -> Callable[[dict[str, Any]], Awaitable[None]]:
+        async def handle(data: dict[str, Any]) -> None:
+            await self.callbacks.trigger_workflow(workflow_type, "message", data)
+
+        return handle
+
+    # --- steps ------------------------------------------------------------------
+
+    async def CreateStep(  # noqa: N802
+        self, request: ppb.CreateStepRequest, context: Ctx
+    ) -> ppb.HandleResponse:
+        try:
+            step = self._build_step(request.type, request.name, request)
+        except Exception as exc:
+            return ppb.HandleResponse(error=_error_text(exc))
+        handle_id = str(uuid.uuid4())
+        self._steps[handle_id] = _StepHandle(request.type, request.name, step)
+        return ppb.HandleResponse(handle_id=handle_id)
+
+    def _build_step(
+        self, step_type: str, name: str, request: ppb.CreateStepRequest | ppb.ExecuteStepRequest
+    ) -> Any:
+        contract = contracts.STEP_CONTRACTS.get(step_type)
+        if contract is None:
+            raise NotFoundError(
+                f'unknown step type "{step_type}"; this plugin provides {", ".join(STEP_TYPES)}'
+            )
+        return create_step(self.bus, step_type, name, _step_config(request, contract.config))
+
+    async def ExecuteStep(  # noqa: N802
+        self, request: ppb.ExecuteStepRequest, context: Ctx
+    ) -> ppb.ExecuteStepResponse:
+        entry = self._steps.get(request.handle_id)
+        if entry is None:
+            return ppb.ExecuteStepResponse(error=f"unknown step handle: {request.handle_id}")
+        contract = contracts.STEP_CONTRACTS[entry.type]
+        response = ppb.ExecuteStepResponse()
+        try:
+            output = await self._execute(entry, contract, request)
+        except Exception as exc:
+            response.error = _error_text(exc)
+            output = contract.output()
+        response.typed_output.Pack(output)
+        return response
+
+    async def _execute(
+        self,
+        entry: _StepHandle,
+        contract: contracts.StepContract,
+        request: ppb.ExecuteStepRequest,
+    ) -> Message:
+        override = None
+        if _has_config(request):  # the engine sends the resolved config on every call
+            raw = _step_config(request, contract.config)
+            if raw is not None:
+                where = f'{entry.type} "{entry.name}": config'
+                override = (
+                    raw
+                    if isinstance(raw, contract.config)
+                    else decode(contract.config, raw, setting=where)
+                )
+        typed_input = None
+        if request.HasField("typed_input") and request.typed_input.type_url:
+            typed_input = unpack(request.typed_input, contract.input, "typed input")
+        try:
+            output: Message = await entry.step.execute(typed_input, config=override)
+        except RequestError as exc:
+            if typed_input is None:
+                name = contract.input.DESCRIPTOR.full_name
+                raise RequestError(
+                    "typed_input",
+                    f"missing (expected {name}) and the step config does not fill in: {exc}",
+                    fix="send typed_input or set the field in the step config",
+                ) from exc
+            raise
+        return output
+
+    async def DestroyStep(self, request: ppb.HandleRequest, context: Ctx) -> ppb.ErrorResponse:  # noqa: N802
+        if self._steps.pop(request.handle_id, None) is None:
+            return ppb.ErrorResponse(error=f"unknown step handle: {request.handle_id}")
+        return ppb.ErrorResponse()
+
+    # --- shutdown ---------------------------------------------------------------
+
+    async def aclose(self, timeout: float = 1.2) -> None:
+        """Stop triggers, then modules in reverse creation order, within ``timeout``."""
+        handles = list(self._handles.values())
+        ordered = [h for h in handles if h.kind == "trigger"]
+        ordered += [h for h in reversed(handles) if h.kind == "module"]
+        try:
+            await asyncio.wait_for(_stop_all(ordered), timeout)
+        except TimeoutError:
+            log.warning("shutdown: modules did not stop within %.1fs", timeout)
+        await self.callbacks.close()
+
+
+async def _init(handle: _Handle) -> None:
+    if handle.kind == "module":  # trigger handles get no Init (Go SDK parity)
+        await handle.obj.init()
+
+
+async def _stop_all(handles: list[_Handle]) -> None:
+    for handle in handles:
+        try:
+            await handle.obj.stop()
+        except Exception as exc:
+            log.warning("shutdown: stopping %s %r failed: %s", handle.type, handle.name, exc)
+
+
+def _has_config(request: ppb.ExecuteStepRequest) -> bool:
+    if request.HasField("typed_config") and request.typed_config.type_url:
+        return True
+    return request.HasField("config") and len(request.config.fields) > 0
+
+
+def _step_config(request: ppb.CreateStepRequest | ppb.ExecuteStepRequest, cls: type[M]) -> Any:
+    """The typed config (our step config message, or Empty meaning none), else the Struct."""
+    if request.HasField("typed_config") and request.typed_config.type_url:
+        if request.typed_config.type_url.endswith("/" + EMPTY_NAME):
+            return None  # the Go plugin's registry declared no config: same as none
+        return unpack(request.typed_config, cls, "typed config")
+    if request.HasField("config"):
+        return request.config
+    return None

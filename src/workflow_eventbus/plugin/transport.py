@@ -1,0 +1,225 @@
+"""The go-plugin server side, as the workflow engine launches external plugins.
+
+Order of events (reference plugin-protocol.md §1.5, §2, §8):
+
+1. the magic cookie ``WORKFLOW_PLUGIN=workflow-external-plugin-v1`` must be in
+   the environment, otherwise a person ran us: explain on stderr, exit 1;
+2. SIGINT is ignored (a terminal Ctrl-C reaches the whole process group and the
+   host wants to stop modules itself), SIGTERM stops gracefully;
+3. a grpc.aio server with no receive limit serves PluginService, GRPCBroker,
+   GRPCController, GRPCStdio and health (``plugin`` = SERVING) on a unix socket
+   in a private 0700 directory;
+4. only then the handshake line ``1|1|unix|<path>|grpc`` goes to stdout,
+   flushed; afterwards fd 1 points at stderr so a stray print cannot block us;
+5. serve until Shutdown, SIGTERM or the death of the parent process, then stop
+   triggers and modules, stop the server and remove the socket directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .._proto import grpc_broker_pb2_grpc as bgrpc
+from .._proto import grpc_controller_pb2_grpc as cgrpc
+from .._proto import grpc_stdio_pb2_grpc as sgrpc
+from .._proto import plugin_pb2_grpc as pgrpc
+from ..errors import ConfigError
+from .broker import BrokerServicer, ConnInfoStore, ControllerServicer, StdioServicer
+from .callback import UNLIMITED, CallbackClient
+
+log = logging.getLogger("workflow_eventbus.plugin")
+
+COOKIE_KEY = "WORKFLOW_PLUGIN"
+COOKIE_VALUE = "workflow-external-plugin-v1"
+CORE_PROTOCOL = 1
+APP_PROTOCOL = 1
+SOCKET_NAME = "plugin.sock"
+MAX_SOCKET_PATH = 100  # sun_path is 104-108 bytes depending on the OS
+WATCHDOG_PERIOD = 0.25
+SHUTDOWN_BUDGET = 1.2  # seconds for stopping modules; the host kills us after 2 s
+
+NOT_A_PLUGIN = f"""\
+This is workflow-plugin-eventbus, an external plugin of the GoCodeAlone workflow engine.
+The engine starts it itself (with {COOKIE_KEY}={COOKIE_VALUE} in the environment); it is not meant to
+be run by hand without a subcommand. Try:
+
+  workflow-plugin-eventbus --help
+  workflow-plugin-eventbus demo                     # end-to-end demo on an embedded NATS
+  workflow-plugin-eventbus install --plugins-dir DIR
+"""
+
+
+def cookie_ok(environ: Mapping[str, str]) -> bool:
+    return environ.get(COOKIE_KEY, "") == COOKIE_VALUE
+
+
+def negotiate_version(environ: Mapping[str, str]) -> int:
+    """The highest app protocol both sides speak (we speak only 1)."""
+    offered = environ.get("PLUGIN_PROTOCOL_VERSIONS", "")
+    versions = {int(v) for v in offered.split(",") if v.strip().isdigit()}
+    if versions and APP_PROTOCOL not in versions:
+        raise ConfigError(
+            "PLUGIN_PROTOCOL_VERSIONS",
+            f"the host does not offer protocol version {APP_PROTOCOL}",
+            value=offered,
+            fix="use a workflow engine that speaks external plugin protocol 1",
+        )
+    return APP_PROTOCOL
+
+
+def socket_dir(environ: Mapping[str, str]) -> Path:
+    """A fresh private directory for the socket (``$PLUGIN_UNIX_SOCKET_DIR`` first)."""
+    base = environ.get("PLUGIN_UNIX_SOCKET_DIR") or None
+    path = Path(tempfile.mkdtemp(prefix="wfeb-", dir=base))
+    if len(str(path / SOCKET_NAME)) > MAX_SOCKET_PATH:
+        path.rmdir()
+        path = Path(tempfile.mkdtemp(prefix="wfeb-", dir="/tmp"))
+    return path  # mkdtemp creates it 0700
+
+
+def _apply_socket_group(path: Path, environ: Mapping[str, str]) -> None:
+    group = environ.get("PLUGIN_UNIX_SOCKET_GROUP", "")
+    if not group:
+        os.chmod(path, 0o600)
+        return
+    shutil.chown(path, group=group)
+    shutil.chown(path.parent, group=group)
+    os.chmod(path, 0o660)
+    os.chmod(path.parent, 0o750)
+
+
+def handshake_line(path: Path, version: int = APP_PROTOCOL) -> str:
+    return f"{CORE_PROTOCOL}|{version}|unix|{path}|grpc\n"
+
+
+class _PipeSafeHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Plain ``[LEVEL] logger: message`` lines; a closed stderr is ignored."""
+
+    LEVELS = {"WARNING": "WARN", "CRITICAL": "ERROR"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = self.LEVELS.get(record.levelname, record.levelname)
+        return f"[{level}] {record.name}: {super().format(record)}"
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802
+        return None  # BrokenPipeError after the host died: nothing useful to do
+
+
+def setup_logging(environ: Mapping[str, str]) -> None:
+    handler = _PipeSafeHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    level = environ.get("WORKFLOW_EVENTBUS_LOG_LEVEL", "INFO").upper()
+    root.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
+    logging.getLogger("grpc").setLevel(logging.WARNING)
+
+
+class PluginProcess:
+    """Runs the plugin server until it is told to stop; one per process."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self.environ = dict(os.environ if environ is None else environ)
+        self.stopping = asyncio.Event()
+        self.reason = ""
+        self.store = ConnInfoStore()
+        self.callbacks = CallbackClient(self.store)
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stopping.is_set():
+            self.reason = reason
+            log.info("stopping: %s", reason)
+            self.stopping.set()
+
+    async def run(self) -> int:
+        from .servicer import PluginService  # the library is imported only to serve
+
+        version = negotiate_version(self.environ)
+        if self.environ.get("PLUGIN_CLIENT_CERT"):
+            log.warning("PLUGIN_CLIENT_CERT is set but AutoMTLS is not supported; serving plain")
+        service = PluginService(self.callbacks)
+        server = grpc.aio.server(options=UNLIMITED)
+        health = self._register(server, service)
+        directory = socket_dir(self.environ)
+        path = directory / SOCKET_NAME
+        try:
+            server.add_insecure_port(f"unix:{path}")
+            await server.start()
+            _apply_socket_group(path, self.environ)
+            await health.set("plugin", health_pb2.HealthCheckResponse.SERVING)
+            _write_handshake(handshake_line(path, version))
+            await self._serve(service, server)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+        return 0
+
+    def _register(
+        self, server: grpc.aio.Server, service: pgrpc.PluginServiceServicer
+    ) -> health_aio.HealthServicer:
+        pgrpc.add_PluginServiceServicer_to_server(service, server)
+        bgrpc.add_GRPCBrokerServicer_to_server(BrokerServicer(self.store, self.stopping), server)
+        cgrpc.add_GRPCControllerServicer_to_server(ControllerServicer(self.request_stop), server)
+        sgrpc.add_GRPCStdioServicer_to_server(StdioServicer(self.stopping), server)
+        health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        return health
+
+    async def _serve(self, service: object, server: grpc.aio.Server) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+        watchdog = asyncio.create_task(self._watch_parent(), name="parent-watchdog")
+        try:
+            await self.stopping.wait()
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+            loop.remove_signal_handler(signal.SIGTERM)
+            aclose = getattr(service, "aclose", None)
+            if aclose is not None:
+                await aclose(SHUTDOWN_BUDGET)
+            await server.stop(0.3)
+
+    async def _watch_parent(self) -> None:
+        """cmd/server never kills its plugins: exit when our parent goes away."""
+        parent = os.getppid()
+        while True:
+            await asyncio.sleep(WATCHDOG_PERIOD)
+            if os.getppid() != parent:
+                self.request_stop(f"parent process {parent} exited")
+                return
+
+
+def _write_handshake(line: str) -> None:
+    sys.stdout.write(line)
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # later prints land in the log
+    sys.stdout = sys.stderr
+
+
+def serve(environ: Mapping[str, str] | None = None) -> int:
+    """Entry point when the engine launches us. Returns the exit status."""
+    env = dict(os.environ if environ is None else environ)
+    if not cookie_ok(env):
+        sys.stderr.write(NOT_A_PLUGIN)
+        return 1
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    setup_logging(env)
+    try:
+        return asyncio.run(PluginProcess(env).run())
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 1
