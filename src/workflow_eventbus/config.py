@@ -69,7 +69,7 @@ def parse_duration(value: Any, *, setting: str) -> float:
 def _duration_text(text: str, setting: str) -> float:
     sign = 1.0
     body = text
-    if body[:1] in "+-":
+    if body and body[0] in "+-":
         sign = -1.0 if body[0] == "-" else 1.0
         body = body[1:]
     if body == "0":

@@ -122,7 +122,9 @@ def _inherit(own: pb.ConsumerConfig, registered: pb.ConsumerConfig) -> pb.Consum
     merged.CopyFrom(registered)
     for field, value in own.ListFields():
         if field.is_repeated:
-            getattr(merged, field.name)[:] = value
+            target = getattr(merged, field.name)
+            del target[:]
+            target.extend(value)
         elif field.type == field.TYPE_MESSAGE:
             getattr(merged, field.name).CopyFrom(value)
         else:
@@ -199,9 +201,8 @@ class SubscribeTrigger:
             log.warning("%s: broker not reachable yet, the loop will retry: %s", self, exc)
 
     async def stop(self) -> None:
-        sub, self.subscription = self.subscription, None
-        if sub is not None:
-            await sub.stop()
+        if self.subscription is not None:
+            await self.subscription.stop()
 
     async def _deliver(self, delivery: Delivery) -> None:
         await self._handler(trigger_data(delivery))

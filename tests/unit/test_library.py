@@ -1,0 +1,373 @@
+"""Modules, steps, trigger and the subscribe loop on the in-memory provider.
+
+The same behaviour is checked against real servers in tests/integration and
+tests/conformance; this file pins the provider-independent logic.
+"""
+
+import asyncio
+import base64
+import itertools
+import json
+import time
+
+import pytest
+
+from workflow_eventbus._proto import eventbus_pb2 as pb
+from workflow_eventbus.errors import (
+    BrokerUnavailableError,
+    ConfigError,
+    NotFoundError,
+    RequestError,
+)
+from workflow_eventbus.providers.memory import MemoryBroker
+from workflow_eventbus.runtime import EventBus
+from workflow_eventbus.steps import create_step
+from workflow_eventbus.subscriber import DLQ_DELIVERIES, DLQ_ERROR, DLQ_SUBJECT
+from workflow_eventbus.trigger import SubscribeTrigger, parse_trigger_config
+
+_ids = itertools.count()
+
+
+async def until(cond, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def bus():
+    b = EventBus(environ={})
+    url = f"memory://t{next(_ids)}"
+    mods = [
+        b.create_module(
+            "eventbus.consumer",
+            "c",
+            {"name": "worker", "stream_name": "ORDERS", "broker_ref": "bus"},
+        ),
+        b.create_module(
+            "eventbus.stream",
+            "s",
+            {"name": "ORDERS", "subjects": ["orders.>"], "broker_ref": "bus"},
+        ),
+        b.create_module("eventbus.broker", "bus", {"provider": "memory", "dsn": url}),
+    ]
+    for m in mods:
+        await m.init()
+    for m in mods:  # consumer first: it starts its stream and broker itself
+        await m.start()
+    yield b
+    await b.close()
+    MemoryBroker.reset()
+
+
+async def publish(bus, n, subject="orders.created", **kw):
+    step = create_step(bus, "step.eventbus.publish", "pub", {"subject": subject, **kw})
+    return [
+        await step.execute(pb.PublishRequest(payload=json.dumps({"i": i}).encode()))
+        for i in range(n)
+    ]
+
+
+async def test_module_start_order_does_not_matter_and_stop_is_idempotent(bus):
+    assert bus.provider("bus").connected
+    for m in list(bus.modules):
+        await m.stop()
+        await m.stop()
+    assert not bus.brokers and not bus.streams and not bus.consumers
+
+
+async def test_two_buses_do_not_share_registries():
+    a, b = EventBus(environ={}), EventBus(environ={})
+    m = a.create_module("eventbus.broker", "bus", {"provider": "memory"})
+    await m.start()
+    assert "bus" in a.brokers and not b.brokers
+    with pytest.raises(NotFoundError, match="no eventbus.broker module is registered"):
+        b.provider()
+    await a.close()
+
+
+async def test_broker_ref_resolution_errors_list_brokers():
+    b = EventBus(environ={})
+    for name in ("one", "two"):
+        await b.create_module("eventbus.broker", name, {"provider": "memory"}).init()
+    with pytest.raises(
+        ConfigError, match=r"several brokers are registered \(\[one, two\]\); set broker_ref"
+    ):
+        b.broker()
+    with pytest.raises(
+        NotFoundError, match=r'"three" not registered; registered brokers: \[one, two\]'
+    ):
+        b.broker("three")
+    with pytest.raises(BrokerUnavailableError, match="runtime not initialized"):
+        b.provider("one")
+
+
+async def test_nats_without_url_is_degraded_with_a_helpful_error():
+    b = EventBus(environ={})
+    m = b.create_module(
+        "infra.eventbus", "my-bus", {"provider": "nats", "deploy_target": "self_hosted"}
+    )
+    await m.start()
+    with pytest.raises(BrokerUnavailableError, match="EVENTBUS_MY_BUS_URI or NATS_URL"):
+        b.provider()
+
+
+async def test_kafka_declares_but_cannot_start():
+    b = EventBus(environ={})
+    m = b.create_module("eventbus.broker", "k", {"provider": "kafka", "deploy_target": "aws.msk"})
+    with pytest.raises(ConfigError, match="IaC declarations only"):
+        await m.start()
+
+
+async def test_publish_config_wins_over_input(bus):
+    step = create_step(
+        bus, "step.eventbus.publish", "pub", {"subject": "orders.shipped", "headers": {"a": "cfg"}}
+    )
+    out = await step.execute(
+        pb.PublishRequest(
+            subject="orders.created",
+            payload=b"x",
+            headers={"a": "in", "b": "in"},
+            correlation_id="c1",
+        )
+    )
+    assert out.stream == "ORDERS" and out.sequence == "1"
+    got = await bus.provider().fetch("ORDERS", "worker", 10, 0.1)
+    assert got[0].subject == "orders.shipped"
+    assert got[0].headers == {"a": "cfg", "b": "in", "Nats-Correlation-Id": "c1"}
+
+
+async def test_publish_requires_concrete_subject(bus):
+    step = create_step(bus, "step.eventbus.publish", "pub", None)
+    with pytest.raises(RequestError, match=r'step.eventbus.publish "pub": subject: is required'):
+        await step.execute(pb.PublishRequest(payload=b"x"))
+    with pytest.raises(ConfigError, match="wildcards are not allowed"):
+        await step.execute(pb.PublishRequest(subject="orders.*"))
+
+
+async def test_batch_publish_reports_per_message(bus):
+    step = create_step(bus, "step.eventbus.publish", "pub", None)
+    req = pb.PublishRequest(
+        subject="orders.a",
+        messages=[
+            pb.PublishRequest(payload=b"1"),
+            pb.PublishRequest(subject="nowhere.x"),
+            pb.PublishRequest(payload=b"3", subject="orders.b"),
+        ],
+    )
+    out = await step.execute(req)
+    assert [r.sequence for r in out.results] == ["1", "", "2"]
+    assert "no stream captures subject" in out.results[1].error
+    assert out.error == "1 of 3 messages failed; see results[].error"
+
+
+async def test_consume_and_ack_many(bus):
+    await publish(bus, 5)
+    consume = create_step(bus, "step.eventbus.consume", "c", {"consumer": "worker"})
+    out = await consume.execute(pb.ConsumeRequest(batch_size=3))
+    assert [m.sequence for m in out.messages] == ["1", "2", "3"]
+    assert all(m.delivery_count == 1 and m.stream == "ORDERS" for m in out.messages)
+    ack = create_step(bus, "step.eventbus.ack", "a", None)
+    res = await ack.execute(pb.AckRequest(ack_tokens=[m.ack_token for m in out.messages]))
+    assert res.count == 3
+    assert await bus.provider().pending("ORDERS", "worker") == (2, 0)
+
+
+async def test_consume_errors(bus):
+    consume = create_step(bus, "step.eventbus.consume", "c", None)
+    with pytest.raises(RequestError, match="consumer: is required"):
+        await consume.execute(pb.ConsumeRequest())
+    with pytest.raises(NotFoundError, match='add an eventbus.consumer module with name: "ghost"'):
+        await consume.execute(pb.ConsumeRequest(consumer="ghost"))
+    out = await consume.execute(
+        pb.ConsumeRequest(consumer="worker", max_wait={"nanos": 50_000_000})
+    )
+    assert list(out.messages) == []
+
+
+async def test_ack_requires_token(bus):
+    ack = create_step(bus, "step.eventbus.ack", "a", None)
+    with pytest.raises(RequestError, match="ack_token: is required"):
+        await ack.execute(pb.AckRequest())
+
+
+def test_trigger_aliases_canonical_wins_and_inheritance():
+    b = EventBus(environ={})
+    b.create_module(
+        "eventbus.consumer",
+        "c",
+        {"name": "runner", "stream_name": "S", "broker_ref": "bus", "max_deliver": 4},
+    )
+    for m in b.modules:
+        asyncio.run(m.init())
+    cfg = parse_trigger_config(
+        b, {"consumer": "runner", "bus": "other", "workflowType": "pipeline:p"}
+    )
+    assert (cfg.name, cfg.stream_name, cfg.broker_ref, cfg.max_deliver) == (
+        "runner",
+        "S",
+        "other",
+        4,
+    )
+    cfg = parse_trigger_config(
+        b, {"name": "runner", "consumer": 7, "broker_ref": "bus", "bus": "x"}
+    )
+    assert cfg.name == "runner" and cfg.broker_ref == "bus"
+    with pytest.raises(ConfigError, match=r"config\[consumer\]: must be a string, got number"):
+        parse_trigger_config(b, {"consumer": 7})
+    with pytest.raises(ConfigError, match=r"config\[name\]: must be a string, got boolean"):
+        parse_trigger_config(b, {"name": True, "consumer": "runner"})
+    with pytest.raises(ConfigError, match="name: is required"):
+        parse_trigger_config(b, {"stream_name": "S"})
+    with pytest.raises(ConfigError, match="stream_name: is required"):
+        parse_trigger_config(b, {"consumer": "unregistered"})
+    with pytest.raises(ConfigError, match="unknown key for ConsumerConfig"):
+        parse_trigger_config(b, {"consumer": "runner", "colour": "red"})
+
+
+async def test_trigger_delivers_data_and_acks(bus):
+    await publish(bus, 3, correlation_id="abc")
+    seen = []
+
+    async def handler(data):
+        seen.append(data)
+
+    trig = SubscribeTrigger.from_trigger_config(bus, "pipeline:p", {"consumer": "worker"}, handler)
+    await trig.start()
+    await until(lambda: len(seen) == 3)
+    await trig.stop()
+    first = seen[0]
+    assert set(first) == {
+        "subject",
+        "payload",
+        "headers",
+        "sequence",
+        "published_at",
+        "ack_token",
+        "body",
+        "delivery_count",
+        "stream",
+        "consumer",
+    }
+    assert base64.b64decode(first["payload"]) == b'{"i": 0}' and first["body"] == {"i": 0}
+    assert first["headers"] == {"Nats-Correlation-Id": "abc"} and first["sequence"] == "1"
+    assert [d["sequence"] for d in seen] == ["1", "2", "3"]  # max_in_flight 1 keeps order
+    assert await bus.provider().pending("ORDERS", "worker") == (0, 0)
+
+
+async def test_backoff_then_dead_letter_then_term(bus):
+    await bus.provider().ensure_stream(pb.StreamConfig(name="DLQ", subjects=["dlq.orders"]))
+    await publish(bus, 1)
+    attempts = []
+
+    async def handler(data):
+        attempts.append((time.monotonic(), data["delivery_count"]))
+        raise RuntimeError("handler says no")
+
+    cfg = {
+        "consumer": "worker",
+        "max_deliver": 3,
+        "backoff": ["50ms", "200ms"],
+        "dead_letter_subject": "dlq.orders",
+    }
+    trig = SubscribeTrigger.from_trigger_config(bus, "p", cfg, handler)
+    await trig.start()
+    await until(lambda: trig.subscription.stats.dead_lettered == 1)
+    await trig.stop()
+    assert [c for _, c in attempts] == [1, 2, 3]
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(attempts)]
+    assert gaps[0] >= 0.05 and gaps[1] >= 0.2
+    await bus.provider().ensure_consumer(pb.ConsumerConfig(name="dlq", stream_name="DLQ"))
+    dead = await bus.provider().fetch("DLQ", "dlq", 10, 0.2)
+    assert len(dead) == 1
+    assert dead[0].headers[DLQ_SUBJECT] == "orders.created"
+    assert (
+        dead[0].headers[DLQ_DELIVERIES] == "3" and dead[0].headers[DLQ_ERROR] == "handler says no"
+    )
+    assert dead[0].payload == b'{"i": 0}'
+    assert await bus.provider().pending("ORDERS", "worker") == (0, 0)
+
+
+async def test_failed_dead_letter_keeps_the_message(bus):
+    await publish(bus, 1)
+
+    async def handler(data):
+        raise RuntimeError("no")
+
+    cfg = {
+        "consumer": "worker",
+        "max_deliver": 2,
+        "backoff": ["10ms"],
+        "dead_letter_subject": "nowhere.dlq",
+    }
+    trig = SubscribeTrigger.from_trigger_config(bus, "p", cfg, handler)
+    await trig.start()
+    await until(lambda: trig.subscription.stats.nakked >= 2)
+    await trig.stop()
+    assert trig.subscription.stats.dead_lettered == 0
+    # Never acked, never terminated: still owned by the consumer.
+    assert await bus.provider().pending("ORDERS", "worker") != (0, 0)
+
+
+async def test_concurrency_is_bounded(bus):
+    await publish(bus, 12)
+    running, peak, done = 0, 0, []
+
+    async def handler(data):
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+        done.append(data["sequence"])
+
+    trig = SubscribeTrigger.from_trigger_config(
+        bus, "p", {"consumer": "worker", "max_in_flight": 4}, handler
+    )
+    await trig.start()
+    await until(lambda: len(done) == 12)
+    await trig.stop()
+    assert 1 < peak <= 4
+
+
+async def test_stop_drains_in_flight_and_naks_what_cannot_finish(bus):
+    await publish(bus, 2)
+    started = asyncio.Event()
+
+    async def handler(data):
+        started.set()
+        await asyncio.sleep(10)
+
+    cfg = {"consumer": "worker", "drain_timeout": "100ms", "max_in_flight": 2}
+    trig = SubscribeTrigger.from_trigger_config(bus, "p", cfg, handler)
+    await trig.start()
+    await started.wait()
+    t0 = time.monotonic()
+    await trig.stop()
+    assert time.monotonic() - t0 < 2
+    assert not trig.subscription.running
+    # Nak'd back: both are immediately deliverable again, none was acked.
+    again = await bus.provider().fetch("ORDERS", "worker", 10, 0.5)
+    assert sorted(d.sequence for d in again) == [1, 2]
+    assert all(d.delivery_count == 2 for d in again)
+
+
+async def test_long_handler_sends_in_progress(bus):
+    await bus.provider().ensure_consumer(
+        pb.ConsumerConfig(name="slow", stream_name="ORDERS", ack_wait={"nanos": 200_000_000})
+    )
+    await publish(bus, 1)
+    calls = []
+
+    async def handler(data):
+        calls.append(data["delivery_count"])
+        await asyncio.sleep(0.7)  # far beyond the 200 ms ack wait
+
+    trig = SubscribeTrigger.from_trigger_config(
+        bus, "p", {"name": "slow", "stream_name": "ORDERS", "ack_wait": "200ms"}, handler
+    )
+    await trig.start()
+    await until(lambda: trig.subscription.stats.acked == 1)
+    await trig.stop()
+    assert calls == [1]  # never redelivered while it ran
