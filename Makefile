@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 PYTHON ?= python3
 
-.PHONY: setup generate verify lint test test-all bench demo clean
+.PHONY: setup generate verify lint test test-fast bench demo clean
 
 setup:
 	bash scripts/setup.sh
@@ -19,11 +19,13 @@ lint:
 	$(PY) -m ruff format --check src tests scripts
 	$(PY) -m mypy
 
+# The full suite, as CI runs it (installs what it needs on a fresh machine).
 test:
-	$(PY) -m pytest -q -m "not interop"
+	bash scripts/test.sh
 
-test-all:
-	$(PY) -m pytest -q
+# Quick loop while developing: no lint, no interop, no chaos.
+test-fast:
+	$(PY) -m pytest -q -m "not interop and not chaos"
 
 bench:
 	$(PY) -m workflow_eventbus.cli.main bench

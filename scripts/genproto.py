@@ -66,7 +66,9 @@ def generate(out_dir: Path) -> None:
         if out_dir.exists():
             shutil.rmtree(out_dir)
         out_dir.mkdir(parents=True)
-        (out_dir / "__init__.py").write_text(HEADER + '"""Generated protobuf and gRPC modules."""\n')
+        (out_dir / "__init__.py").write_text(
+            HEADER + '"""Generated protobuf and gRPC modules."""\n'
+        )
         (out_dir / "py.typed").write_text("")
         for path in generated:
             text = _fix_imports(path.read_text(), local)

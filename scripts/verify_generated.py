@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import genproto  # noqa: E402
+import genproto
 
 
 def main() -> int:

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The project's test command (README, CI): set up, check generated code and
+# lint, then run every suite against real servers (nats-server, PostgreSQL and,
+# for tests/interop, the Go workflow engine built from its published module).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+PY=.venv/bin/python
+
+echo "== generated protobuf code" && $PY scripts/verify_generated.py
+echo "== lint" && $PY -m ruff check src tests scripts && $PY -m ruff format --check src tests scripts
+echo "== types" && $PY -m mypy
+echo "== tests"
+$PY -m pytest -q -p no:cacheprovider "$@"
+if [ -f src/workflow_eventbus/cli/bench.py ]; then
+  echo "== benchmark (short mode; ratios reported, not asserted)"
+  $PY -m workflow_eventbus.cli.main bench --quick
+fi
