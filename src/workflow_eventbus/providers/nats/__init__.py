@@ -1,0 +1,5 @@
+"""NATS JetStream provider: see :class:`NatsProvider` and docs/nats.md."""
+
+from .provider import NatsProvider
+
+__all__ = ["NatsProvider"]
