@@ -83,5 +83,7 @@ def _run(args: argparse.Namespace) -> int:
     target = install(args.plugins_dir, args.python)
     print(f"installed {PLUGIN_NAME} into {target}")
     print(f"  launcher: {target / PLUGIN_NAME}")
-    print("  run the engine with this plugins dir, e.g. `server -config app.yaml -data-dir <parent>`")
+    print(
+        "  run the engine with this plugins dir, e.g. `server -config app.yaml -data-dir <parent>`"
+    )
     return 0

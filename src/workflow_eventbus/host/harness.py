@@ -157,7 +157,9 @@ class PluginHost:
         try:
             line = await asyncio.wait_for(self.process.stdout.readline(), HANDSHAKE_TIMEOUT)
         except TimeoutError as exc:
-            raise BrokerUnavailableError("plugin: timeout while waiting for plugin to start") from exc
+            raise BrokerUnavailableError(
+                "plugin: timeout while waiting for plugin to start"
+            ) from exc
         if not line:
             await self.process.wait()
             tail = "\n".join(self.stderr_lines)
@@ -230,7 +232,9 @@ class PluginHost:
         return result
 
     async def configure_callback(self, broker_id: int = CALLBACK_BROKER_ID) -> None:
-        answer = await self.call("ConfigureCallback", ppb.ConfigureCallbackRequest(broker_id=broker_id))
+        answer = await self.call(
+            "ConfigureCallback", ppb.ConfigureCallbackRequest(broker_id=broker_id)
+        )
         _check(answer.error, "ConfigureCallback")
 
     async def create_module(
@@ -293,7 +297,9 @@ class PluginHost:
         result: ppb.ExecuteStepResponse = await self.call("ExecuteStep", request)
         return result
 
-    async def run_step(self, handle: str, typed_input: Message | None, output: type[Message]) -> Any:
+    async def run_step(
+        self, handle: str, typed_input: Message | None, output: type[Message]
+    ) -> Any:
         """ExecuteStep, raising PluginError on an in-band error; returns the typed output."""
         answer = await self.execute_step(handle, typed_input)
         _check(answer.error, "ExecuteStep")
@@ -366,7 +372,9 @@ def parse_handshake(line: str) -> str:
     if len(parts) < 5 or parts[0] != "1" or parts[1] != "1" or parts[4] != "grpc":
         raise BrokerUnavailableError(f"Unrecognized remote plugin message: {line!r}")
     if parts[2] != "unix":
-        raise BrokerUnavailableError(f"plugin handshake: network {parts[2]!r} is not supported here")
+        raise BrokerUnavailableError(
+            f"plugin handshake: network {parts[2]!r} is not supported here"
+        )
     return parts[3]
 
 
