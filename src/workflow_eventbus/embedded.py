@@ -204,7 +204,7 @@ class EmbeddedNats:
         return 0
 
     async def _probe(self) -> int:
-        """1 when the server answers a PING with a PONG over a raw socket."""
+        """1 once the server greets a new client with INFO (it is accepting clients)."""
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection("127.0.0.1", self.port), timeout=1.0
@@ -212,12 +212,8 @@ class EmbeddedNats:
         except (OSError, TimeoutError):
             return 0
         try:
-            await asyncio.wait_for(reader.readline(), timeout=1.0)  # INFO
-            writer.write(b'CONNECT {"verbose":false}\r\nPING\r\n')
-            await writer.drain()
             line = await asyncio.wait_for(reader.readline(), timeout=1.0)
-            # PONG when open; -ERR 'Authorization Violation' still means it is serving.
-            return 1 if line.startswith((b"PONG", b"-ERR")) else 0
+            return 1 if line.startswith(b"INFO ") else 0
         except (OSError, TimeoutError):
             return 0
         finally:
@@ -235,6 +231,10 @@ class EmbeddedNats:
         """Stop (or reap a killed) server and start it again on the same port and store."""
         await self._terminate(grace=5.0)
         await self.start()
+
+    async def halt(self, grace: float = 5.0) -> None:
+        """Stop the process gracefully but keep port and store; ``start()`` resumes it."""
+        await self._terminate(grace)
 
     async def stop(self, grace: float = 5.0) -> None:
         """SIGTERM, wait, SIGKILL after ``grace`` seconds; remove the data dir if we made it."""

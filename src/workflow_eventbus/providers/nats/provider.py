@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -154,10 +155,9 @@ class NatsProvider(Provider):
 
     async def _on_error(self, exc: Exception) -> None:
         failed = self._connect_failed
-        fatal = (nats.errors.AuthorizationError, nats.errors.SecureConnFailedError)
         if failed is not None and not failed.done():
             self._connect_error = exc
-            if isinstance(exc, fatal):
+            if _is_fatal(exc):
                 failed.set_result(exc)
         elif failed is None:
             self.log.warning("nats broker %s: %s", self.broker_name, redact(describe(exc)))
@@ -479,6 +479,19 @@ class NatsProvider(Provider):
 
 
 # -- helpers -------------------------------------------------------------------
+_FATAL_TEXT = ("authorization violation", "authentication", "tls required", "secure connection")
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    """Errors retrying cannot fix (credentials, TLS): connect() gives up at once."""
+    if isinstance(exc, nats.errors.AuthorizationError | nats.errors.SecureConnFailedError):
+        return True
+    if isinstance(exc, ssl.SSLError):
+        return True
+    text = str(exc).lower()
+    return any(marker in text for marker in _FATAL_TEXT)
+
+
 async def _discard(nc: NatsClient) -> None:
     with contextlib.suppress(Exception):
         await nc.close()
