@@ -7,15 +7,23 @@ provider gets the same guarantees:
 - success -> ack; failure -> nak after the backoff step for its delivery count;
 - when ``max_deliver`` is exhausted the message is first copied to the dead
   letter subject (original subject, headers, payload, sequence, delivery count,
-  last error) and only then terminated; if the copy fails it is nak'd instead,
-  so a message is never both gone from the source and missing from the DLQ;
-- while a handler runs longer than half the ack wait, in-progress signals keep
-  the broker from redelivering it;
+  last error) and only then terminated; a copy that fails for a transient
+  reason (broker down) is retried while the message stays leased, a copy the
+  broker refuses is nak'd instead, so a message is never both gone from the
+  source and missing from the dead letters. The copy carries a deterministic
+  msg id, so a repeated copy of the same message is dropped by dedup;
+- every fetched message that is not settled yet (running, or waiting for a
+  handler slot) gets in-progress signals at half its ack wait, so the broker
+  does not redeliver it under a long handler. With a consumer ``backoff`` the
+  broker's ack wait for delivery *n* is ``backoff[n-1]`` (JetStream semantics),
+  and the signals follow that schedule;
+- acks and terms that fail because the broker is unreachable are retried until
+  the message's ack wait runs out (after that the broker redelivers anyway);
 - broker outages (connection lost, server restart) are retried with capped
   backoff: the loop keeps delivering when the broker comes back;
 - ``stop()`` stops fetching, lets in-flight handlers finish within the drain
-  timeout, naks what cannot finish, and only then returns. Nothing is acked
-  unless its handler succeeded.
+  timeout, naks what cannot finish and what was fetched but never started,
+  and only then returns. Nothing is acked unless its handler succeeded.
 """
 
 from __future__ import annotations
@@ -23,11 +31,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from .errors import EventbusError
-from .providers.base import AckAction, Delivery, OutboundMessage, Provider
+from .errors import BrokerUnavailableError, EventbusError
+from .providers.base import AckAction, Delivery, OutboundMessage, Provider, rfc3339
 
 log = logging.getLogger("workflow_eventbus.subscriber")
 
@@ -35,6 +44,7 @@ Handler = Callable[[Delivery], Awaitable[None]]
 
 DEFAULT_BACKOFF = (1.0, 5.0, 30.0)
 DEFAULT_DRAIN_TIMEOUT = 30.0
+MIN_SIGNAL_INTERVAL = 0.02
 
 # Headers carried by a dead-lettered copy.
 DLQ_SUBJECT = "Eventbus-Dlq-Subject"
@@ -43,6 +53,24 @@ DLQ_CONSUMER = "Eventbus-Dlq-Consumer"
 DLQ_SEQUENCE = "Eventbus-Dlq-Sequence"
 DLQ_DELIVERIES = "Eventbus-Dlq-Delivery-Count"
 DLQ_ERROR = "Eventbus-Dlq-Error"
+DLQ_PUBLISHED_AT = "Eventbus-Dlq-Published-At"
+DLQ_MSG_ID = "Eventbus-Dlq-Msg-Id"  # the original Nats-Msg-Id, if it had one
+DLQ_HEADERS = (
+    DLQ_SUBJECT,
+    DLQ_STREAM,
+    DLQ_CONSUMER,
+    DLQ_SEQUENCE,
+    DLQ_DELIVERIES,
+    DLQ_ERROR,
+    DLQ_PUBLISHED_AT,
+    DLQ_MSG_ID,
+)
+MAX_ERROR_TEXT = 1024
+
+
+def dead_letter_msg_id(stream: str, consumer: str, sequence: int) -> str:
+    """The dedup id of the dead-letter copy of one source message."""
+    return f"eventbus-dlq:{stream}:{consumer}:{sequence}"
 
 
 @dataclass(slots=True)
@@ -54,8 +82,24 @@ class SubscribeOptions:
     max_deliver: int = 0  # <= 0: unlimited
     dead_letter_subject: str = ""
     ack_wait: float = 30.0
+    # The consumer's backoff as the broker knows it (JetStream: the ack wait of
+    # delivery n is server_backoff[n-1]); empty when the broker uses ack_wait.
+    server_backoff: tuple[float, ...] = ()
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     retry_max: float = 5.0  # cap of the wait between failed fetches
+
+    def ack_wait_for(self, delivery_count: int) -> float:
+        """How long the broker waits for a settle of delivery ``delivery_count``."""
+        if self.server_backoff:
+            index = min(max(delivery_count, 1), len(self.server_backoff)) - 1
+            return min(self.server_backoff[index], self.ack_wait)
+        return self.ack_wait
+
+    def retry_delay(self, delivery_count: int) -> float:
+        """The nak delay after failed delivery ``delivery_count`` (0 = at once)."""
+        if not self.backoff:
+            return 0.0
+        return self.backoff[min(max(delivery_count, 1), len(self.backoff)) - 1]
 
 
 @dataclass(slots=True)
@@ -65,9 +109,20 @@ class SubscriptionStats:
     nakked: int = 0
     redelivered: int = 0
     dead_lettered: int = 0
+    dead_letter_failures: int = 0
+    in_progress_sent: int = 0
+    settle_retries: int = 0
     fetch_errors: int = 0
     last_error: str = ""
     in_flight: int = field(default=0)
+
+
+@dataclass(slots=True)
+class _Held:
+    """A fetched, not yet settled message and when it next needs a signal."""
+
+    delivery: Delivery
+    due: float
 
 
 class Subscription:
@@ -94,6 +149,8 @@ class Subscription:
         self._stopping = asyncio.Event()
         self._handlers: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max(self.options.max_in_flight, 1))
+        self._held: dict[str, _Held] = {}
+        self._held_changed = asyncio.Event()
 
     @property
     def running(self) -> bool:
@@ -112,7 +169,9 @@ class Subscription:
         if task is not None:
             await _finish(task, self.options.drain_timeout)
 
+    # -- the loop ---------------------------------------------------------------
     async def _run(self) -> None:
+        keepalive = asyncio.create_task(self._keepalive(), name=f"keepalive {self.name}")
         failures = 0
         try:
             while not self._stopping.is_set():
@@ -124,32 +183,37 @@ class Subscription:
                     await self._after_fetch_error(exc, failures)
                     continue
                 for delivery in batch:
+                    if self._stopping.is_set():
+                        break  # the rest is nak'd by _release_held below
                     await self._dispatch(delivery)
         finally:
-            await self._drain()
+            try:
+                await self._drain()
+                await self._release_held()
+            finally:
+                keepalive.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keepalive
 
     async def _fetch(self) -> list[Delivery]:
         await self._slots.acquire()  # wait for at least one free handler slot
         self._slots.release()
-        free = self._free_slots()
-        size = self.options.fetch_batch or free
-        fetch = self._provider().fetch(self.stream, self.consumer, size, self.options.fetch_wait)
-        stop = asyncio.ensure_future(self._stopping.wait())
-        fetching = asyncio.ensure_future(fetch)
-        try:
-            await asyncio.wait({fetching, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if not fetching.done():
-            fetching.cancel()
-            with contextlib.suppress(asyncio.CancelledError, EventbusError):
-                await fetching
+        if self._stopping.is_set():
             return []
-        batch = fetching.result()
+        size = self.options.fetch_batch or self._free_slots()
+        # Not raced against stop(): a fetch cancelled after the broker handed out
+        # messages would leave them leased until their ack wait. It returns
+        # within fetch_wait; what it brings back during a stop is nak'd.
+        batch = await self._provider().fetch(
+            self.stream, self.consumer, size, self.options.fetch_wait
+        )
         self.stats.fetched += len(batch)
-        if self._stopping.is_set() and batch:
-            await self._settle([d.ack_token for d in batch], AckAction.NAK)
-            return []
+        now = time.monotonic()
+        for delivery in batch:
+            interval = self._signal_interval(delivery)
+            self._held[delivery.ack_token] = _Held(delivery, now + interval if interval else 0.0)
+        if batch:
+            self._held_changed.set()
         return batch
 
     def _free_slots(self) -> int:
@@ -188,41 +252,39 @@ class Subscription:
             self._slots.release()
 
     async def _handle(self, delivery: Delivery) -> None:
+        limit = self.options.max_deliver
+        if limit > 0 and delivery.delivery_count > limit:
+            # An earlier final attempt never settled (process killed, broker
+            # down): do not run it again, keep the promise of the dead letters.
+            error = (
+                f"delivery {delivery.delivery_count} exceeds max_deliver {limit}; "
+                "an earlier attempt did not settle"
+            )
+            await self._exhausted(delivery, error)
+            return
         self.stats.in_flight += 1
-        beat = asyncio.create_task(self._heartbeat(delivery))
         try:
             await self._handler(delivery)
         except asyncio.CancelledError:
-            await self._settle([delivery.ack_token], AckAction.NAK)
+            await self._settle(delivery, AckAction.NAK)
             raise
         except Exception as exc:
             await self._failed(delivery, exc)
         else:
-            if await self._settle([delivery.ack_token], AckAction.ACK):
+            if await self._settle(delivery, AckAction.ACK, persist=True):
                 self.stats.acked += 1
         finally:
             self.stats.in_flight -= 1
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
 
-    async def _heartbeat(self, delivery: Delivery) -> None:
-        interval = self.options.ack_wait / 2
-        if interval <= 0:
-            return
-        while True:
-            await asyncio.sleep(interval)
-            await self._settle([delivery.ack_token], AckAction.IN_PROGRESS)
-
+    # -- failure, retry and dead letters --------------------------------------
     async def _failed(self, delivery: Delivery, exc: Exception) -> None:
         error = str(exc) or type(exc).__name__
         self.stats.last_error = error
         limit = self.options.max_deliver
-        exhausted = limit > 0 and delivery.delivery_count >= limit
-        if exhausted and await self._dead_letter(delivery, error):
+        if limit > 0 and delivery.delivery_count >= limit:
+            await self._exhausted(delivery, error)
             return
-        backoff = self.options.backoff
-        delay = backoff[min(delivery.delivery_count, len(backoff)) - 1] if backoff else 0.0
+        delay = self.options.retry_delay(delivery.delivery_count)
         log.info(
             "%s: handler failed for sequence %d (delivery %d), retry in %gs: %s",
             self.name,
@@ -231,12 +293,19 @@ class Subscription:
             delay,
             error,
         )
-        if await self._settle([delivery.ack_token], AckAction.NAK, delay or None):
+        if await self._settle(delivery, AckAction.NAK, delay or None):
             self.stats.nakked += 1
 
-    async def _dead_letter(self, delivery: Delivery, error: str) -> bool:
-        subject = self.options.dead_letter_subject
+    async def _exhausted(self, delivery: Delivery, error: str) -> None:
+        if await self._dead_letter(delivery, error):
+            return
+        delay = self.options.retry_delay(delivery.delivery_count)
+        if await self._settle(delivery, AckAction.NAK, delay or None):
+            self.stats.nakked += 1
+
+    def dead_letter_message(self, delivery: Delivery, error: str) -> OutboundMessage:
         headers = dict(delivery.headers)
+        original_id = headers.pop("Nats-Msg-Id", "")
         headers.update(
             {
                 DLQ_SUBJECT: delivery.subject,
@@ -244,17 +313,56 @@ class Subscription:
                 DLQ_CONSUMER: delivery.consumer,
                 DLQ_SEQUENCE: str(delivery.sequence),
                 DLQ_DELIVERIES: str(delivery.delivery_count),
-                DLQ_ERROR: error[:1024],
+                DLQ_ERROR: error[:MAX_ERROR_TEXT],
+                DLQ_PUBLISHED_AT: rfc3339(delivery.published_at),
             }
         )
-        try:
-            await self._provider().publish(OutboundMessage(subject, delivery.payload, headers))
-        except EventbusError as exc:
+        if original_id:
+            headers[DLQ_MSG_ID] = original_id
+        return OutboundMessage(
+            self.options.dead_letter_subject,
+            delivery.payload,
+            headers,
+            msg_id=dead_letter_msg_id(delivery.stream, delivery.consumer, delivery.sequence),
+        )
+
+    async def _dead_letter(self, delivery: Delivery, error: str) -> bool:
+        """Copy to the dead letters, then terminate. False: the copy is not stored."""
+        subject = self.options.dead_letter_subject
+        if not subject:
             log.error(
-                "%s: dead-letter publish to %s failed, message kept: %s", self.name, subject, exc
+                "%s: sequence %d exhausted max_deliver but no dead_letter_subject is set",
+                self.name,
+                delivery.sequence,
             )
             return False
-        if await self._settle([delivery.ack_token], AckAction.TERM):
+        outbound = self.dead_letter_message(delivery, error)
+        attempt = 0
+        while True:
+            try:
+                await self._provider().publish(outbound)
+                break
+            except BrokerUnavailableError as exc:
+                # Transient: keep the message leased (the keepalive signals it)
+                # and try again, unless we are stopping.
+                attempt += 1
+                self.stats.dead_letter_failures += 1
+                if attempt == 1 or attempt % 20 == 0:
+                    log.warning("%s: dead-letter copy to %s waits: %s", self.name, subject, exc)
+                if not await self._pause(min(0.1 * 2 ** min(attempt, 6), 5.0)):
+                    return False
+            except EventbusError as exc:
+                self.stats.dead_letter_failures += 1
+                log.error(
+                    "%s: dead-letter copy to %s refused, message %d kept on %s: %s",
+                    self.name,
+                    subject,
+                    delivery.sequence,
+                    self.stream,
+                    exc,
+                )
+                return False
+        if await self._settle(delivery, AckAction.TERM, persist=True):
             self.stats.dead_lettered += 1
             log.warning(
                 "%s: sequence %d dead-lettered to %s after %d deliveries",
@@ -265,17 +373,75 @@ class Subscription:
             )
         return True
 
-    async def _settle(
-        self, tokens: list[str], action: AckAction, delay: float | None = None
-    ) -> bool:
-        try:
-            await self._provider().settle(tokens, action, delay)
-        except EventbusError as exc:
-            # The broker will redeliver after the ack wait; at-least-once holds.
-            log.warning("%s: %s failed: %s", self.name, action.name.lower(), exc)
-            return False
-        return True
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep unless stopping; False when the subscription is stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return not self._stopping.is_set()
 
+    # -- settling ----------------------------------------------------------------
+    async def _settle(
+        self,
+        delivery: Delivery,
+        action: AckAction,
+        delay: float | None = None,
+        *,
+        persist: bool = False,
+    ) -> bool:
+        """Settle one delivery; ``persist`` retries while the broker is unreachable.
+
+        A persisted settle gives up when the message's ack wait has run out:
+        the broker has redelivered it by then (at-least-once holds)."""
+        self._held.pop(delivery.ack_token, None)
+        deadline = time.monotonic() + self.options.ack_wait_for(delivery.delivery_count)
+        attempt = 0
+        while True:
+            try:
+                await self._provider().settle([delivery.ack_token], action, delay)
+                return True
+            except BrokerUnavailableError as exc:
+                attempt += 1
+                wait = min(0.05 * 2**attempt, 1.0)
+                if not persist or time.monotonic() + wait > deadline:
+                    log.warning("%s: %s failed: %s", self.name, action.name.lower(), exc)
+                    return False
+                self.stats.settle_retries += 1
+                await asyncio.sleep(wait)
+            except EventbusError as exc:
+                log.warning("%s: %s failed: %s", self.name, action.name.lower(), exc)
+                return False
+
+    def _signal_interval(self, delivery: Delivery) -> float:
+        wait = self.options.ack_wait_for(delivery.delivery_count)
+        return max(wait / 2, MIN_SIGNAL_INTERVAL) if wait > 0 else 0.0
+
+    async def _keepalive(self) -> None:
+        """In-progress signals for every held message at half its ack wait."""
+        while True:
+            now = time.monotonic()
+            due = [h for h in self._held.values() if h.due and h.due <= now]
+            if due:
+                await self._signal(due, now)
+                continue
+            upcoming = [h.due for h in self._held.values() if h.due]
+            timeout = max(min(upcoming) - now, 0.0) if upcoming else None
+            self._held_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._held_changed.wait(), timeout)
+
+    async def _signal(self, due: Sequence[_Held], now: float) -> None:
+        tokens = []
+        for held in due:
+            interval = self._signal_interval(held.delivery)
+            held.due = now + interval if interval else 0.0
+            tokens.append(held.delivery.ack_token)
+        try:
+            await self._provider().settle(tokens, AckAction.IN_PROGRESS)
+            self.stats.in_progress_sent += len(tokens)
+        except EventbusError as exc:
+            log.warning("%s: in-progress signal failed: %s", self.name, exc)
+
+    # -- stopping ------------------------------------------------------------------
     async def _drain(self) -> None:
         if not self._handlers:
             return
@@ -285,6 +451,14 @@ class Subscription:
             task.cancel()  # _handle naks a cancelled delivery
         if late:
             await asyncio.gather(*late, return_exceptions=True)
+
+    async def _release_held(self) -> None:
+        """Nak what was fetched but never finished, so it is redelivered at once."""
+        held, self._held = list(self._held.values()), {}
+        for item in held:
+            with contextlib.suppress(EventbusError):
+                await self._provider().settle([item.delivery.ack_token], AckAction.NAK)
+                self.stats.nakked += 1
 
 
 async def _finish(task: asyncio.Task[None], grace: float) -> None:

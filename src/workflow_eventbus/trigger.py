@@ -154,7 +154,8 @@ class SubscribeTrigger:
     def options(self) -> SubscribeOptions:
         cfg = self.config
         ack_wait = duration_seconds(cfg.ack_wait) or self._stream_ack_wait() or DEFAULT_ACK_WAIT
-        backoff = tuple(duration_seconds(d) for d in cfg.backoff) or DEFAULT_BACKOFF
+        configured = tuple(duration_seconds(d) for d in cfg.backoff)
+        backoff = configured or DEFAULT_BACKOFF
         drain = duration_seconds(cfg.drain_timeout)
         return SubscribeOptions(
             max_in_flight=cfg.max_in_flight or DEFAULT_MAX_IN_FLIGHT,
@@ -164,6 +165,7 @@ class SubscribeTrigger:
             dead_letter_subject=cfg.dead_letter_subject
             or default_dead_letter_subject(cfg.stream_name, cfg.name),
             ack_wait=ack_wait,
+            server_backoff=configured,
             drain_timeout=drain or DEFAULT_DRAIN_TIMEOUT,
         )
 
