@@ -1,0 +1,20 @@
+"""`workflow-plugin-eventbus demo` end to end: its own nats-server, its own plugin process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_demo_delivers_and_acks_every_event() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "workflow_eventbus.cli.main", "demo", "--count", "400", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["published"] == result["delivered"] == result["acked"] == 400
+    assert result["msg_per_s"] > 0 and 0 < result["p50_ms"] <= result["p99_ms"]
