@@ -43,7 +43,8 @@ from .errors import CONSUMER_NOT_FOUND, STREAM_NOT_FOUND, describe, translate
 from .options import PING_INTERVAL, RECONNECT_WAIT, auth_options
 
 REQUEST_TIMEOUT = 5.0  # JetStream API and publish acknowledgement
-MIN_FETCH_WAIT = 0.05  # a fetch always asks the server at least once
+MIN_FETCH_WAIT = 0.05
+MAX_ASYNC_PENDING = 4000  # publish_many: unacknowledged publishes in flight  # a fetch always asks the server at least once
 _ACK_BODY = {
     AckAction.ACK: b"+ACK",
     AckAction.NAK: b"-NAK",
@@ -126,7 +127,9 @@ class NatsProvider(Provider):
         finally:
             self._connect_failed = None
         self._nc = nc
-        self._js = nc.jetstream(timeout=self.request_timeout)
+        self._js = nc.jetstream(
+            timeout=self.request_timeout, publish_async_max_pending=MAX_ASYNC_PENDING
+        )
         self._jsm = nc.jsm(timeout=self.request_timeout)
         self._up.set()
 
@@ -333,9 +336,12 @@ class NatsProvider(Provider):
         for msg in msgs:
             try:
                 headers = self._prepare(nc, msg)
+                # wait_stall costs a task per call: only pass it when the window is full.
+                full = js.publish_async_pending() >= MAX_ASYNC_PENDING
+                stall = self.request_timeout if full else None
                 slots.append(
                     await js.publish_async(
-                        msg.subject, msg.payload, headers=headers, wait_stall=self.request_timeout
+                        msg.subject, msg.payload, headers=headers, wait_stall=stall
                     )
                 )
             except Exception as exc:
