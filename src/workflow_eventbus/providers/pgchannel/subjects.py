@@ -1,0 +1,61 @@
+"""NATS subject patterns as PostgreSQL regular expressions, and stream overlap checks.
+
+A consumer filter becomes one anchored regular expression passed to SQL as a
+parameter (``subject ~ %s``); nothing of it is spliced into SQL text. A filter
+holding commas is a list of patterns (the Go plugin's list form), each with
+NATS wildcards: ``*`` one token, ``>`` one or more trailing tokens.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+_LITERAL = re.compile(r"[A-Za-z0-9_-]")
+
+
+def split_filter(filter_subject: str) -> list[str]:
+    """``"a.*, b.>"`` -> ``["a.*", "b.>"]``; empty entries are dropped."""
+    return [part.strip() for part in filter_subject.split(",") if part.strip()]
+
+
+def _escape(token: str) -> str:
+    return "".join(ch if _LITERAL.fullmatch(ch) else "\\" + ch for ch in token)
+
+
+def pattern_regex(pattern: str) -> str:
+    """One NATS pattern as an unanchored regular expression body."""
+    parts = []
+    for token in pattern.split("."):
+        if token == "*":
+            parts.append(r"[^.]+")
+        elif token == ">":
+            parts.append(r".+")
+        else:
+            parts.append(_escape(token))
+    return r"\.".join(parts)
+
+
+@lru_cache(maxsize=1024)
+def filter_regex(filter_subject: str) -> str:
+    """The anchored regex of a consumer filter, or ``""`` (match everything)."""
+    patterns = split_filter(filter_subject)
+    if not patterns:
+        return ""
+    return "^(?:" + "|".join(pattern_regex(p) for p in patterns) + ")$"
+
+
+def patterns_overlap(a: str, b: str) -> bool:
+    """True when some concrete subject matches both NATS patterns."""
+    left, right = a.split("."), b.split(".")
+    for i in range(max(len(left), len(right))):
+        x = left[i] if i < len(left) else None
+        y = right[i] if i < len(right) else None
+        if x == ">" or y == ">":
+            # '>' needs one token or more; the other side must have one here.
+            return x is not None and y is not None
+        if x is None or y is None:
+            return False
+        if x != y and "*" not in (x, y):
+            return False
+    return True
