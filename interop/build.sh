@@ -9,16 +9,20 @@
 #   GO                       go command to use (default: `go` on PATH, else /usr/local/go/bin/go)
 #   WORKFLOW_INTEROP_CACHE   cache root (default: ${XDG_CACHE_HOME:-$HOME/.cache}/workflow-eventbus-interop)
 #   WORKFLOW_INTEROP_REBUILD set to 1 to rebuild even when the binaries exist
+#   WORKFLOW_ENGINE_VERSION  build another engine release (e.g. v0.57.0) instead of the
+#                            pinned one: resolved with `go get` in a scratch module
+#                            (checksums from the Go checksum database, not go.sum)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 module_path="github.com/GoCodeAlone/workflow"
 
-version="$(awk -v m="$module_path" '$1 == m { print $2; exit } $1 == "require" && $2 == m { print $3; exit }' "$here/go.mod")"
-if [[ -z "$version" ]]; then
+pinned="$(awk -v m="$module_path" '$1 == m { print $2; exit } $1 == "require" && $2 == m { print $3; exit }' "$here/go.mod")"
+if [[ -z "$pinned" ]]; then
     echo "build.sh: no '$module_path' requirement in $here/go.mod" >&2
     exit 2
 fi
+version="${WORKFLOW_ENGINE_VERSION:-$pinned}"
 
 cache_root="${WORKFLOW_INTEROP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/workflow-eventbus-interop}"
 out="$cache_root/$version"
@@ -61,10 +65,23 @@ trap 'rm -rf "$staging"' EXIT
 
 echo "build.sh: building workflow $version (cmd/server, cmd/wfctl) with $("$go_cmd" version)" >&2
 start=$(date +%s)
+moddir="$here"
+if [[ "$version" != "$pinned" ]]; then
+    moddir="$staging/module"
+    mkdir -p "$moddir"
+    # A fresh module, not a copy of ours: minimal version selection would otherwise
+    # keep our (newer) dependency versions, which an older engine may not compile with.
+    (
+        cd "$moddir"
+        "$go_cmd" mod init workflow-eventbus-interop-scratch >/dev/null 2>&1
+        "$go_cmd" get -tool "$module_path/cmd/server@$version" "$module_path/cmd/wfctl@$version"
+    )
+fi
 (
-    cd "$here"
-    # go.sum is committed: -mod=readonly makes a missing or changed checksum an error
-    # instead of a silent update. Only the module proxy (GOPROXY) is contacted.
+    cd "$moddir"
+    # For the pinned version go.sum is committed: -mod=readonly makes a missing or
+    # changed checksum an error instead of a silent update. Only the module proxy
+    # (GOPROXY) is contacted.
     CGO_ENABLED=0 "$go_cmd" build -mod=readonly -trimpath -o "$staging/" \
         "$module_path/cmd/server" "$module_path/cmd/wfctl"
 )

@@ -1,0 +1,299 @@
+"""Drive the real workflow engine (cmd/server, cmd/wfctl) from tests.
+
+The engine binaries come from ``interop/build.sh`` (built from the Go module proxy
+at the version pinned in ``interop/go.mod``, cached by version), or from
+``$WORKFLOW_ENGINE_BIN_DIR`` when that points at a directory holding ``server``
+and ``wfctl``.
+
+``EngineServer`` runs ``server -config APP -data-dir DATA`` the way a user would:
+the plugin is installed under ``DATA/plugins``, the working directory is the data
+directory (so no stray ``.wfctl.yaml`` lockfile above the repo is picked up), and
+``${VAR}`` placeholders in module config come from the environment it is given.
+It knows the plugin processes the engine launched (children whose working
+directory is the installed plugin directory) so a test can check that none is left
+after the engine stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+INTEROP = REPO / "interop"
+APPS = INTEROP / "apps"
+PLUGIN_NAME = "workflow-plugin-eventbus"
+ENV_BIN_DIR = "WORKFLOW_ENGINE_BIN_DIR"
+POLL = 0.05
+
+
+class EngineError(AssertionError):
+    """Raised when the engine does not start, stop or behave as a test expects."""
+
+
+def engine_binaries() -> Path:
+    """The directory with ``server`` and ``wfctl``: ``$WORKFLOW_ENGINE_BIN_DIR`` or a build."""
+    configured = os.environ.get(ENV_BIN_DIR, "")
+    if configured:
+        folder = Path(configured)
+    else:
+        done = subprocess.run(
+            ["bash", str(INTEROP / "build.sh")],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise EngineError(
+                f"interop/build.sh failed with exit code {done.returncode}:\n{done.stderr[-4000:]}"
+            )
+        folder = Path(done.stdout.strip().splitlines()[-1])
+    for name in ("server", "wfctl"):
+        if not os.access(folder / name, os.X_OK):
+            raise EngineError(f"{folder / name} is missing or not executable")
+    return folder
+
+
+def install_plugin(plugins_dir: Path) -> Path:
+    """Install the plugin with its own console command; returns its directory."""
+    command = shutil.which(PLUGIN_NAME, path=str(Path(sys.executable).parent))
+    argv = [command] if command else [sys.executable, "-m", "workflow_eventbus.cli.main"]
+    subprocess.run(
+        [*argv, "install", "--plugins-dir", str(plugins_dir)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    folder = plugins_dir / PLUGIN_NAME
+    for name in (PLUGIN_NAME, "plugin.json", "plugin.contracts.json"):
+        if not (folder / name).is_file():
+            raise EngineError(f"install did not create {folder / name}")
+    return folder
+
+
+def run_wfctl(
+    bin_dir: Path, *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(bin_dir / "wfctl"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _proc_state(pid: int) -> str | None:
+    """The one-letter state of a live process, or None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may contain spaces; the state follows its ')'.
+    return stat[stat.rindex(")") + 2]
+
+
+def _alive(pid: int) -> bool:
+    state = _proc_state(pid)
+    return state is not None and state not in ("Z", "X")
+
+
+def processes_in(folder: Path) -> list[int]:
+    """Live processes whose working directory is ``folder`` (the engine starts
+    each plugin in its own directory)."""
+    target = str(folder.resolve())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if cwd == target and _alive(int(entry.name)):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+async def wait_for(
+    condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    check: Callable[[], None] | None = None,
+) -> None:
+    """Poll ``condition`` until it is true; ``check`` may raise to give up early."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check is not None:
+            check()
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise EngineError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(POLL)
+
+
+class EngineServer:
+    """One ``cmd/server`` process running an app config with the plugin installed."""
+
+    def __init__(
+        self,
+        bin_dir: Path,
+        config: Path,
+        data_dir: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.bin_dir = bin_dir
+        self.config = config
+        self.data_dir = data_dir
+        self.plugin_dir = data_dir / "plugins" / PLUGIN_NAME
+        self.log_path = data_dir / "server.log"
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.plugin_pids: list[int] = []
+
+    def start(self) -> None:
+        if not self.plugin_dir.is_dir():
+            install_plugin(self.data_dir / "plugins")
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    str(self.bin_dir / "server"),
+                    "-config",
+                    str(self.config),
+                    "-data-dir",
+                    str(self.data_dir),
+                ],
+                cwd=self.data_dir,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Its own session: a Ctrl-C in the test terminal must not reach it.
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise EngineError("the engine was not started")
+        return self.proc.pid
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def check_running(self) -> None:
+        """Raise with the log tail if the engine has exited."""
+        if self.proc is None:
+            raise EngineError("the engine was not started")
+        code = self.proc.poll()
+        if code is not None:
+            raise EngineError(f"the engine exited with code {code}; log tail:\n{self.log_tail()}")
+
+    async def wait_plugin_loaded(self, timeout: float = 60.0) -> None:
+        """Until the engine logs that it loaded the plugin; records the plugin PIDs."""
+        await wait_for(
+            lambda: f'"{PLUGIN_NAME}" loaded successfully' in self.log(),
+            timeout=timeout,
+            what="the engine to load the plugin",
+            check=self._check_not_rejected,
+        )
+        self.plugin_pids = processes_in(self.plugin_dir)
+        if not self.plugin_pids:
+            raise EngineError("the engine loaded the plugin but no plugin process was found")
+
+    async def wait_listening(self, port: int, timeout: float = 60.0) -> None:
+        async def connects() -> bool:
+            try:
+                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                return False
+            writer.close()
+            await writer.wait_closed()
+            return True
+
+        await wait_for(
+            connects,
+            timeout=timeout,
+            what=f"the engine to listen on {port}",
+            check=self.check_running,
+        )
+
+    def _check_not_rejected(self) -> None:
+        text = self.log()
+        for marker in ("Failed to load external plugin", "Failed to register external plugin"):
+            if marker in text:
+                raise EngineError(f"{marker}; log tail:\n{self.log_tail()}")
+        self.check_running()
+
+    async def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM the engine, wait for it, then for every plugin process to be gone.
+
+        Returns the engine's exit code. Raises if the engine or a plugin process
+        outlives the deadline (both are then killed so the test run stays clean).
+        """
+        if self.proc is None:
+            raise EngineError("the engine was not started")
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            await wait_for(
+                lambda: self.proc is not None and self.proc.poll() is not None,
+                timeout=timeout,
+                what="the engine to exit after SIGTERM",
+            )
+        except EngineError:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        leftovers = set(self.plugin_pids) | set(processes_in(self.plugin_dir))
+        try:
+            await wait_for(
+                lambda: not any(_alive(pid) for pid in leftovers),
+                timeout=10.0,
+                what=f"plugin processes {sorted(leftovers)} to exit",
+            )
+        except EngineError:
+            for pid in leftovers:
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+            raise
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        """SIGKILL the engine (no StopModule, no plugin shutdown) and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def cleanup(self) -> None:
+        """Last-resort teardown: nothing this server started may outlive the test."""
+        self.kill()
+        for pid in set(self.plugin_pids) | set(processes_in(self.plugin_dir)):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,276 @@
+"""The plugin inside the real engine (cmd/server), against a real nats-server.
+
+Each test runs one of the app configs in ``interop/apps`` unchanged, with its own
+nats-server, feeds input events (over HTTP, or straight into JetStream), and reads
+what the engine's pipelines published with nats-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import urllib.request
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import nats
+import pytest
+import pytest_asyncio
+from engine_harness import APPS, EngineServer, free_port, processes_in, wait_for
+from nats.js import JetStreamContext
+
+from workflow_eventbus.embedded import EmbeddedNats
+
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
+
+MakeEngine = Callable[..., EngineServer]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def nats_url() -> AsyncIterator[str]:
+    """A private JetStream server: the app configs use fixed stream names."""
+    async with EmbeddedNats() as server:
+        yield server.url
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def js(nats_url: str) -> AsyncIterator[JetStreamContext]:
+    nc = await nats.connect(nats_url)
+    try:
+        yield nc.jetstream()
+    finally:
+        await nc.close()
+
+
+def _post(url: str, body: bytes) -> dict[str, str]:
+    request = urllib.request.Request(url, data=body, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 202, response.status
+        result: dict[str, str] = json.loads(response.read())
+        return result
+
+
+async def _drained(js: JetStreamContext, stream: str, consumer: str, last_seq: int) -> bool:
+    """The consumer has seen every message up to ``last_seq`` and settled all of them."""
+    info = await js.consumer_info(stream, consumer)
+    return (
+        info.delivered.stream_seq >= last_seq
+        and info.num_pending == 0
+        and info.num_ack_pending == 0
+        and info.ack_floor.stream_seq >= last_seq
+    )
+
+
+async def _messages_on(
+    js: JetStreamContext, stream: str, subject: str
+) -> list[nats.js.api.RawStreamMsg]:
+    info = await js.stream_info(stream)
+    found = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(stream, seq)
+        if msg.subject == subject:
+            found.append(msg)
+    return found
+
+
+def _http_payloads(count: int) -> list[bytes]:
+    """Distinct request bodies: JSON of several shapes, plain and non-ASCII text,
+    template-looking text, and one large body."""
+    out = []
+    for i in range(count):
+        match i % 5:
+            case 0:
+                body = json.dumps({"order": i, "items": [{"sku": f"sku-{i}", "qty": i % 3 + 1}]})
+            case 1:
+                body = f"plain text order {i}\nsecond line\ttab"
+            case 2:
+                body = json.dumps({"order": i, "note": "café ✓ 注文"}, ensure_ascii=False)
+            case 3:
+                body = f"order {i} says {{{{ .subject }}}} literally"
+            case _:
+                body = json.dumps({"order": i, "blob": "x" * 48_000})
+        out.append(body.encode())
+    return out
+
+
+async def test_http_events_yield_exactly_one_derived_event_each(
+    make_engine: MakeEngine, nats_url: str, js: JetStreamContext
+) -> None:
+    port = free_port()
+    engine = make_engine(
+        APPS / "orders.yaml",
+        {"EVENTBUS_NATS_URL": nats_url, "EVENTBUS_HTTP_ADDR": f"127.0.0.1:{port}"},
+    )
+    engine.start()
+    await engine.wait_plugin_loaded()
+    await engine.wait_listening(port)
+
+    payloads = _http_payloads(40)
+    url = f"http://127.0.0.1:{port}/orders"
+    # Eight requests in flight: the engine runs pipelines (and so ExecuteStep
+    # calls into the plugin) concurrently.
+    limit = asyncio.Semaphore(8)
+
+    async def post(body: bytes) -> int:
+        async with limit:
+            reply = await asyncio.to_thread(_post, url, body)
+        return int(reply["sequence"])
+
+    sequences = await asyncio.gather(*(post(body) for body in payloads))
+    assert len(set(sequences)) == len(payloads), sequences
+
+    await wait_for(
+        lambda: _drained(js, "ORDERS", "order-deriver", max(sequences)),
+        timeout=60,
+        what="the derive pipeline to settle every orders.created event",
+        check=engine.check_running,
+    )
+    created = {msg.seq: msg for msg in await _messages_on(js, "ORDERS", "orders.created")}
+    derived = await _messages_on(js, "ORDERS", "orders.derived")
+
+    # The ingest pipeline published each body once, byte for byte.
+    assert sorted(created) == sorted(sequences)
+    for seq, body in zip(sequences, payloads, strict=True):
+        assert created[seq].data == body
+        assert created[seq].headers == {"source": "http-ingest"}
+
+    # The derive pipeline published exactly one event per input, same bytes.
+    by_source = Counter(msg.headers["source-sequence"] for msg in derived)
+    assert by_source == Counter(str(seq) for seq in sequences)
+    for msg in derived:
+        source = created[int(msg.headers["source-sequence"])]
+        assert msg.data == source.data
+        assert msg.headers["source-subject"] == "orders.created"
+
+    log = engine.log()
+    assert log.count("Workflow 'pipeline:derive' executed successfully") == len(payloads)
+    assert log.count("Workflow 'pipeline:ingest' executed successfully") == len(payloads)
+
+    assert await engine.stop() == 0
+    assert processes_in(engine.plugin_dir) == []
+
+
+async def test_go_plugin_config_shapes_run_unchanged(
+    make_engine: MakeEngine, nats_url: str, js: JetStreamContext
+) -> None:
+    # infra.eventbus* module names, the consumer/bus trigger aliases, and a
+    # publish step fed only by its typed input (step.set before it).
+    engine = make_engine(APPS / "go-shapes.yaml", {"EVENTBUS_NATS_URL": nats_url})
+    engine.start()
+    await engine.wait_plugin_loaded()
+
+    async def stream_exists() -> bool:
+        try:
+            await js.stream_info("FULFILLMENT")
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
+
+    await wait_for(
+        stream_exists,
+        timeout=60,
+        what="the engine to create stream FULFILLMENT",
+        check=engine.check_running,
+    )
+
+    # Binary payloads too: the bytes travel base64-encoded through the pipeline.
+    payloads = [os.urandom(64) if i % 2 else f'{{"delivery": {i}}}'.encode() for i in range(20)]
+    acks = [
+        await js.publish("fulfillment.delivered", body, headers={"x-input": str(i)})
+        for i, body in enumerate(payloads)
+    ]
+
+    await wait_for(
+        lambda: _drained(js, "FULFILLMENT", "settlement-runner", acks[-1].seq),
+        timeout=60,
+        what="the on-delivered pipeline to settle every fulfillment.delivered event",
+        check=engine.check_running,
+    )
+    settled = await _messages_on(js, "FULFILLMENT", "fulfillment.settled")
+
+    assert Counter(msg.headers["x-input"] for msg in settled) == Counter(
+        str(i) for i in range(len(payloads))
+    )
+    for msg in settled:
+        assert msg.data == payloads[int(msg.headers["x-input"])]
+    assert engine.log().count("Workflow 'pipeline:on-delivered' executed successfully") == len(
+        payloads
+    )
+
+    assert await engine.stop() == 0
+
+
+async def test_stopping_the_engine_leaves_no_plugin_process(
+    make_engine: MakeEngine, nats_url: str
+) -> None:
+    port = free_port()
+    engine = make_engine(
+        APPS / "orders.yaml",
+        {"EVENTBUS_NATS_URL": nats_url, "EVENTBUS_HTTP_ADDR": f"127.0.0.1:{port}"},
+    )
+    engine.start()
+    await engine.wait_plugin_loaded()
+    await engine.wait_listening(port)
+    assert engine.plugin_pids
+
+    assert await engine.stop() == 0
+    assert processes_in(engine.plugin_dir) == []
+    assert "Shutdown complete" in engine.log()
+
+
+async def test_killing_the_engine_leaves_no_plugin_process(
+    make_engine: MakeEngine, nats_url: str
+) -> None:
+    # SIGKILL: no StopModule, no plugin shutdown call. The plugin must notice
+    # that its engine is gone and exit by itself.
+    port = free_port()
+    engine = make_engine(
+        APPS / "orders.yaml",
+        {"EVENTBUS_NATS_URL": nats_url, "EVENTBUS_HTTP_ADDR": f"127.0.0.1:{port}"},
+    )
+    engine.start()
+    await engine.wait_plugin_loaded()
+    await engine.wait_listening(port)
+    pids = list(engine.plugin_pids)
+
+    engine.kill()
+    await wait_for(
+        lambda: processes_in(engine.plugin_dir) == [],
+        timeout=15,
+        what=f"plugin processes {pids} to exit after the engine was killed",
+    )
+
+
+async def test_engine_rejects_unknown_step_config_keys_at_build_time(
+    make_engine: MakeEngine, nats_url: str, tmp_path: Path
+) -> None:
+    # STRICT step contracts reach the engine: a key that is not a field of
+    # PublishStepConfig fails CreateStep, and the server refuses to start.
+    config = tmp_path / "bad-step.yaml"
+    spec = (
+        (APPS / "orders.yaml")
+        .read_text()
+        .replace(
+            "          subject: orders.derived\n",
+            "          subject: orders.derived\n          subjekt: typo\n",
+        )
+    )
+    assert "subjekt" in spec
+    config.write_text(spec)
+    port = free_port()
+    engine = make_engine(
+        config, {"EVENTBUS_NATS_URL": nats_url, "EVENTBUS_HTTP_ADDR": f"127.0.0.1:{port}"}
+    )
+    engine.start()
+    assert engine.proc is not None
+    code = await asyncio.to_thread(engine.proc.wait, 60)
+    assert code != 0
+    log = engine.log()
+    assert "subjekt" in log, engine.log_tail()
+    await wait_for(
+        lambda: processes_in(engine.plugin_dir) == [],
+        timeout=15,
+        what="the plugin to exit after the engine failed to start",
+    )
