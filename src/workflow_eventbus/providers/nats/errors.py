@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 import nats.errors
 import nats.js.errors as js_errors
 
 from ...errors import (
     BrokerUnavailableError,
+    ConflictError,
     EventbusError,
     NotFoundError,
     PayloadTooLargeError,
     ProviderError,
 )
+from . import mapping
 
 # JetStream API error codes we give a specific meaning.
 STREAM_NOT_FOUND = 10059
@@ -65,3 +68,51 @@ def translate(exc: BaseException, action: str, *, connected: bool) -> EventbusEr
     if isinstance(exc, js_errors.NotFoundError):
         return NotFoundError(f"nats: {action}: {reason}")
     return ProviderError(f"nats: {action}: {reason}")
+
+
+_FATAL_TEXT = ("authorization violation", "authentication", "tls required", "secure connection")
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """Errors retrying cannot fix (credentials, TLS): connect() gives up at once."""
+    if isinstance(exc, nats.errors.AuthorizationError | nats.errors.SecureConnFailedError):
+        return True
+    if isinstance(exc, ssl.SSLError):
+        return True
+    text = str(exc).lower()
+    return any(marker in text for marker in _FATAL_TEXT)
+
+
+def listing(diffs: list[mapping.Difference]) -> str:
+    return "; ".join(d.describe() for d in diffs)
+
+
+def stream_conflict(name: str, diffs: list[mapping.Difference], why: str) -> ConflictError:
+    return ConflictError(
+        f'nats stream "{name}": cannot apply {listing(diffs)}: {why}; fix: set the '
+        "setting back to its current value, or delete the stream by hand "
+        f"(nats stream rm {name}; this deletes its messages) and let it be recreated"
+    )
+
+
+def consumer_conflict(stream: str, name: str, diffs: list[mapping.Difference]) -> ConflictError:
+    return ConflictError(
+        f'nats consumer "{name}" on stream "{stream}": {listing(diffs)}: JetStream cannot '
+        "change this on an existing consumer; fix: set it back to the current value, or "
+        f"delete the consumer by hand (nats consumer rm {stream} {name}; it loses its "
+        "position) and let it be recreated"
+    )
+
+
+def stream_missing(stream: str, action: str) -> NotFoundError:
+    return NotFoundError(
+        f'nats: {action}: stream "{stream}" does not exist; declare an eventbus.stream '
+        f"with name {stream} (started before its consumers) or fix stream_name"
+    )
+
+
+def consumer_missing(stream: str, consumer: str, action: str) -> NotFoundError:
+    return NotFoundError(
+        f'nats: {action}: consumer "{consumer}" does not exist on stream "{stream}"; '
+        f"declare an eventbus.consumer with name {consumer} and stream_name {stream}"
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -13,7 +12,6 @@ from typing import Any
 import nats.errors
 import nats.js.errors as js_errors
 from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext, JetStreamManager
 
 from ..._proto import eventbus_pb2 as pb
@@ -24,7 +22,6 @@ from ...errors import (
     EventbusError,
     NotFoundError,
     PayloadTooLargeError,
-    RequestError,
     redact,
 )
 from ..base import (
@@ -39,20 +36,24 @@ from ..base import (
     batch_size,
 )
 from . import mapping
-from .errors import CONSUMER_NOT_FOUND, STREAM_NOT_FOUND, describe, translate
+from .errors import (
+    CONSUMER_NOT_FOUND,
+    STREAM_NOT_FOUND,
+    consumer_conflict,
+    consumer_missing,
+    describe,
+    is_fatal,
+    listing,
+    stream_conflict,
+    stream_missing,
+    translate,
+)
 from .options import PING_INTERVAL, RECONNECT_WAIT, auth_options
+from .wire import ack_body, check_token, delivery, header_size
 
 REQUEST_TIMEOUT = 5.0  # JetStream API and publish acknowledgement
-MIN_FETCH_WAIT = 0.05
-MAX_ASYNC_PENDING = 4000  # publish_many: unacknowledged publishes in flight  # a fetch always asks the server at least once
-_ACK_BODY = {
-    AckAction.ACK: b"+ACK",
-    AckAction.NAK: b"-NAK",
-    AckAction.TERM: b"+TERM",
-    AckAction.IN_PROGRESS: b"+WPI",
-}
-_HEADER_LINE_OVERHEAD = 4  # ": " and CRLF
-_HEADER_BLOCK_OVERHEAD = 12  # "NATS/1.0\r\n" + final CRLF
+MIN_FETCH_WAIT = 0.05  # a fetch always asks the server at least once
+MAX_ASYNC_PENDING = 4000  # publish_many: unacknowledged publishes in flight
 
 
 @dataclass(slots=True)
@@ -160,7 +161,7 @@ class NatsProvider(Provider):
         failed = self._connect_failed
         if failed is not None and not failed.done():
             self._connect_error = exc
-            if _is_fatal(exc):
+            if is_fatal(exc):
                 failed.set_result(exc)
         elif failed is None:
             self.log.warning("nats broker %s: %s", self.broker_name, redact(describe(exc)))
@@ -215,12 +216,12 @@ class NatsProvider(Provider):
             return
         frozen = [d for d in diffs if d.setting in mapping.STREAM_IMMUTABLE]
         if frozen:
-            raise _stream_conflict(cfg.name, frozen, "JetStream cannot change it on a live stream")
+            raise stream_conflict(cfg.name, frozen, "JetStream cannot change it on a live stream")
         try:
             await jsm.update_stream(desired)
         except Exception as exc:
             raise self._stream_rejected(exc, cfg.name, "update", diffs) from exc
-        self.log.info("nats: updated stream %s: %s", cfg.name, _listing(diffs))
+        self.log.info("nats: updated stream %s: %s", cfg.name, listing(diffs))
 
     def remember_stream(self, cfg: pb.StreamConfig) -> None:
         """Record the stream's ack_wait: consumers without their own inherit it."""
@@ -237,7 +238,7 @@ class NatsProvider(Provider):
             exc, js_errors.ServiceUnavailableError
         ):
             if diffs:
-                return _stream_conflict(name, diffs, describe(exc))
+                return stream_conflict(name, diffs, describe(exc))
             return ConflictError(
                 f'nats stream "{name}": the server refused to {verb} it: {describe(exc)}; '
                 "fix the stream config (e.g. subjects that overlap another stream)"
@@ -257,7 +258,7 @@ class NatsProvider(Provider):
             info = await jsm.consumer_info(stream, name)
         except js_errors.NotFoundError as exc:
             if exc.err_code == STREAM_NOT_FOUND:
-                raise _stream_missing(stream, action) from exc
+                raise stream_missing(stream, action) from exc
             await self._add_consumer(jsm, stream, desired, action)
             return
         except Exception as exc:
@@ -267,9 +268,9 @@ class NatsProvider(Provider):
             return
         frozen = [d for d in diffs if d.setting in mapping.CONSUMER_IMMUTABLE]
         if frozen:
-            raise _consumer_conflict(stream, name, frozen)
+            raise consumer_conflict(stream, name, frozen)
         await self._add_consumer(jsm, stream, desired, action)
-        self.log.info("nats: updated consumer %s/%s: %s", stream, name, _listing(diffs))
+        self.log.info("nats: updated consumer %s/%s: %s", stream, name, listing(diffs))
 
     async def _add_consumer(
         self, jsm: JetStreamManager, stream: str, desired: Any, action: str
@@ -277,7 +278,7 @@ class NatsProvider(Provider):
         try:
             await jsm.add_consumer(stream, desired)
         except js_errors.NotFoundError as exc:
-            raise _stream_missing(stream, action) from exc
+            raise stream_missing(stream, action) from exc
         except js_errors.APIError as exc:
             if isinstance(exc, js_errors.ServiceUnavailableError):
                 raise self._fail(exc, action) from exc
@@ -299,7 +300,7 @@ class NatsProvider(Provider):
                 headers[CORRELATION_HEADER] = msg.correlation_id
             if msg.msg_id:
                 headers[MSG_ID_HEADER] = msg.msg_id
-            size += _header_size(headers)
+            size += header_size(headers)
         limit = nc.max_payload
         if size > limit:
             raise PayloadTooLargeError(
@@ -424,7 +425,7 @@ class NatsProvider(Provider):
             raise
         finally:
             pull.lock.release()
-        return [_delivery(m, stream, consumer) for m in msgs]
+        return [delivery(m, stream, consumer) for m in msgs]
 
     async def _pull(self, stream: str, consumer: str) -> _Pull:
         key = (stream, consumer)
@@ -448,9 +449,9 @@ class NatsProvider(Provider):
         except js_errors.NotFoundError as exc:
             self._pulls.pop((stream, consumer), None)
             if exc.err_code == STREAM_NOT_FOUND:
-                raise _stream_missing(stream, action) from exc
+                raise stream_missing(stream, action) from exc
             if exc.err_code == CONSUMER_NOT_FOUND or exc.err_code is None:
-                raise _consumer_missing(stream, consumer, action) from exc
+                raise consumer_missing(stream, consumer, action) from exc
             raise self._fail(exc, action) from exc
 
     # -- settle ------------------------------------------------------------------
@@ -458,9 +459,9 @@ class NatsProvider(Provider):
         self, tokens: Sequence[str], action: AckAction, delay: float | None = None
     ) -> None:
         nc, _, _ = self._client("ack")
-        body = _ack_body(action, delay)
+        body = ack_body(action, delay)
         for token in tokens:
-            _check_token(token)
+            check_token(token)
         if not self.connected:
             raise self._fail(nats.errors.ConnectionReconnectingError(), f"{action.name.lower()}")
         try:
@@ -477,102 +478,14 @@ class NatsProvider(Provider):
             info = await jsm.consumer_info(stream, consumer)
         except js_errors.NotFoundError as exc:
             if exc.err_code == STREAM_NOT_FOUND:
-                raise _stream_missing(stream, action) from exc
-            raise _consumer_missing(stream, consumer, action) from exc
+                raise stream_missing(stream, action) from exc
+            raise consumer_missing(stream, consumer, action) from exc
         except Exception as exc:
             raise self._fail(exc, action) from exc
         return info.num_pending or 0, info.num_ack_pending or 0
 
 
 # -- helpers -------------------------------------------------------------------
-_FATAL_TEXT = ("authorization violation", "authentication", "tls required", "secure connection")
-
-
-def _is_fatal(exc: BaseException) -> bool:
-    """Errors retrying cannot fix (credentials, TLS): connect() gives up at once."""
-    if isinstance(exc, nats.errors.AuthorizationError | nats.errors.SecureConnFailedError):
-        return True
-    if isinstance(exc, ssl.SSLError):
-        return True
-    text = str(exc).lower()
-    return any(marker in text for marker in _FATAL_TEXT)
-
-
 async def _discard(nc: NatsClient) -> None:
     with contextlib.suppress(Exception):
         await nc.close()
-
-
-def _header_size(headers: dict[str, str]) -> int:
-    total = _HEADER_BLOCK_OVERHEAD
-    for key, value in headers.items():
-        total += len(key) + len(value) + _HEADER_LINE_OVERHEAD
-    return total
-
-
-def _delivery(msg: Msg, stream: str, consumer: str) -> Delivery:
-    meta = msg.metadata
-    return Delivery(
-        stream=meta.stream or stream,
-        consumer=meta.consumer or consumer,
-        subject=msg.subject,
-        payload=msg.data,
-        headers=dict(msg.headers) if msg.headers else {},
-        sequence=meta.sequence.stream,
-        published_at=meta.timestamp,
-        delivery_count=meta.num_delivered,
-        ack_token=msg.reply,
-    )
-
-
-def _ack_body(action: AckAction, delay: float | None) -> bytes:
-    if action is AckAction.NAK and delay:
-        if delay < 0:
-            raise RequestError("delay", "must be zero or positive", value=delay, fix='e.g. "5s"')
-        return b'-NAK {"delay": %d}' % round(delay * 1e9)
-    return _ACK_BODY[AckAction(action)]
-
-
-def _check_token(token: str) -> None:
-    if not token.startswith("$JS.") or ".ACK." not in token:
-        raise RequestError(
-            "ack_token",
-            "not a NATS JetStream ack token",
-            value=token[:80],
-            fix="pass the ack_token of a message delivered by a nats broker, unchanged",
-        )
-
-
-def _listing(diffs: list[mapping.Difference]) -> str:
-    return "; ".join(d.describe() for d in diffs)
-
-
-def _stream_conflict(name: str, diffs: list[mapping.Difference], why: str) -> ConflictError:
-    return ConflictError(
-        f'nats stream "{name}": cannot apply {_listing(diffs)}: {why}; fix: set the '
-        "setting back to its current value, or delete the stream by hand "
-        f"(nats stream rm {name}; this deletes its messages) and let it be recreated"
-    )
-
-
-def _consumer_conflict(stream: str, name: str, diffs: list[mapping.Difference]) -> ConflictError:
-    return ConflictError(
-        f'nats consumer "{name}" on stream "{stream}": {_listing(diffs)}: JetStream cannot '
-        "change this on an existing consumer; fix: set it back to the current value, or "
-        f"delete the consumer by hand (nats consumer rm {stream} {name}; it loses its "
-        "position) and let it be recreated"
-    )
-
-
-def _stream_missing(stream: str, action: str) -> NotFoundError:
-    return NotFoundError(
-        f'nats: {action}: stream "{stream}" does not exist; declare an eventbus.stream '
-        f"with name {stream} (started before its consumers) or fix stream_name"
-    )
-
-
-def _consumer_missing(stream: str, consumer: str, action: str) -> NotFoundError:
-    return NotFoundError(
-        f'nats: {action}: consumer "{consumer}" does not exist on stream "{stream}"; '
-        f"declare an eventbus.consumer with name {consumer} and stream_name {stream}"
-    )
