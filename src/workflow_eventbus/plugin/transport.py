@@ -137,6 +137,9 @@ class PluginProcess:
         self.reason = ""
         self.store = ConnInfoStore()
         self.callbacks = CallbackClient(self.store)
+        # Taken before the handshake: a host that dies right after reading it
+        # must still be noticed (afterwards getppid() already names the new parent).
+        self.parent_pid = os.getppid()
 
     def request_stop(self, reason: str) -> None:
         if not self.stopping.is_set():
@@ -195,12 +198,12 @@ class PluginProcess:
 
     async def _watch_parent(self) -> None:
         """cmd/server never kills its plugins: exit when our parent goes away."""
-        parent = os.getppid()
+        parent = self.parent_pid
         while True:
-            await asyncio.sleep(WATCHDOG_PERIOD)
             if os.getppid() != parent:
                 self.request_stop(f"parent process {parent} exited")
                 return
+            await asyncio.sleep(WATCHDOG_PERIOD)
 
 
 def _write_handshake(line: str) -> None:

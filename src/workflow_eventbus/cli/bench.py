@@ -1,0 +1,61 @@
+"""``workflow-plugin-eventbus bench``: the performance scenarios against their raw baselines."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..bench.loops import LOOPS, run_loop
+
+
+def add_parser(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "bench",
+        help="measure every plugin path against the raw clients (writes bench/results.json)",
+        description=(
+            "Start an embedded nats-server (and a private PostgreSQL for the pgchannel rows), "
+            "run each scenario and its raw baseline in alternating rounds, print the table "
+            "and write the results as JSON."
+        ),
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="short mode for CI (ratios reported, not asserted)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=0, help="paired rounds per group (default 3, quick 2)"
+    )
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every message count")
+    parser.add_argument("--seconds", type=float, default=0.0, help="time bound per sample")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="GROUP",
+        help="run only these groups (repeatable)",
+    )
+    parser.add_argument(
+        "--loop", choices=LOOPS, default="asyncio", help="event loop of the bench process"
+    )
+    parser.add_argument(
+        "--plugin-loop", choices=LOOPS, default="asyncio", help="event loop of the plugin process"
+    )
+    parser.add_argument(
+        "--no-pg", action="store_true", help="skip the pgchannel rows (no PostgreSQL)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("bench/results.json"), help="where to write the JSON"
+    )
+    parser.add_argument(
+        "--memory", action="store_true", help="run the plugin memory check instead (long)"
+    )
+    parser.add_argument(
+        "--memory-messages", type=int, default=1_000_000, help="messages for --memory"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(ns: argparse.Namespace) -> int:
+    from ..bench import main as bench_main
+
+    return run_loop(bench_main.main(ns), ns.loop)
