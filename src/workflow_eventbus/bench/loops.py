@@ -1,0 +1,24 @@
+"""Event loop choice for the bench process and the processes it starts."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+LOOPS = ("asyncio", "uvloop")
+
+
+def uvloop_available() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def run_loop(coro: Coroutine[Any, Any, T], loop: str = "asyncio") -> T:
+    """``asyncio.run`` on the default loop or on uvloop."""
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(coro)
+    return asyncio.run(coro)
