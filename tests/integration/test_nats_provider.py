@@ -495,3 +495,65 @@ async def test_pending_unknown_consumer(provider: NatsProvider) -> None:
     stream, _ = await new_stream(provider)
     with pytest.raises(NotFoundError):
         await provider.pending(stream, "ghost")
+
+
+# -- ensure sends nothing when nothing changed -----------------------------------
+class CallCounter:
+    """Counts calls to the JetStream manager's write methods (and still performs them)."""
+
+    def __init__(self, provider: NatsProvider, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[str] = []
+        jsm = provider._jsm
+        for method in ("add_stream", "update_stream", "add_consumer"):
+            real = getattr(jsm, method)
+            monkeypatch.setattr(jsm, method, self._wrap(method, real))
+
+    def _wrap(self, method: str, real: Any) -> Any:
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(method)
+            return await real(*args, **kwargs)
+
+        return counted
+
+
+async def test_ensure_sends_writes_only_for_changes(
+    provider: NatsProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counter = CallCounter(provider, monkeypatch)
+    name = unique("S")
+    full = dict(
+        name=name,
+        subjects=[f"{name}.b", f"{name}.a"],
+        retention_policy="limits",
+        max_bytes=1 << 20,
+        max_age="1h",
+        duplicate_window="30s",
+        max_msgs=100,
+        max_msg_size=1024,
+        ack_wait="20s",
+    )
+    await provider.ensure_stream(stream_cfg(**full))
+    await provider.ensure_stream(stream_cfg(**full))
+    await provider.ensure_stream(stream_cfg(**{**full, "subjects": [f"{name}.a", f"{name}.b"]}))
+    consumer = dict(
+        name="c", stream_name=name, max_deliver=5, backoff=["1s", "2s"], max_ack_pending=10
+    )
+    await provider.ensure_consumer(consumer_cfg(**consumer))
+    await provider.ensure_consumer(consumer_cfg(**consumer))
+    plain = dict(name="p", stream_name=name)  # inherits the stream's 20s ack_wait
+    await provider.ensure_consumer(consumer_cfg(**plain))
+    await provider.ensure_consumer(consumer_cfg(**plain))
+    assert counter.calls == ["add_stream", "add_consumer", "add_consumer"]
+    await provider.ensure_stream(stream_cfg(**{**full, "max_msgs": 200}))
+    await provider.ensure_consumer(consumer_cfg(**{**consumer, "max_deliver": 6}))
+    assert counter.calls[3:] == ["update_stream", "add_consumer"]
+
+
+async def test_concurrent_fetches_share_one_subscription(provider: NatsProvider) -> None:
+    stream, subject = await new_stream(provider)
+    consumer = await new_consumer(provider, stream)
+    await provider.publish_many([OutboundMessage(f"{subject}.n", b"%d" % i) for i in range(40)])
+    batches = await asyncio.gather(*(provider.fetch(stream, consumer, 10, 2) for _ in range(4)))
+    sequences = [m.sequence for batch in batches for m in batch]
+    assert sorted(sequences) == list(range(1, 41))
+    assert len(provider._pulls) >= 1 and (stream, consumer) in provider._pulls
