@@ -108,6 +108,8 @@ def cluster_from_args(ns: argparse.Namespace) -> tuple[str, pb.ClusterConfig]:
         cluster.schema = ns.schema
     if cluster.provider == "nats" and not cluster.deploy_target:
         cluster.deploy_target = "self_hosted"  # only declares where the server runs
+    if cluster.provider == "pgchannel" and not cluster.broker_target:
+        cluster.broker_target = "in_process"
     return name, cluster
 
 
