@@ -101,6 +101,8 @@ class Tally:
     broker_acked: set[int] = field(default_factory=set)  # ids the broker acknowledged
     delivered: list[int] = field(default_factory=list)  # ids as handlers saw them
     processed: set[int] = field(default_factory=set)  # ids whose handler succeeded
+    dead_lettered: set[int] = field(default_factory=set)  # ids found in the dead letters
+    publish_errors: int = 0  # failed publish attempts (retried with the same msg id)
 
     @property
     def duplicates(self) -> int:
@@ -108,7 +110,10 @@ class Tally:
 
     @property
     def lost(self) -> int:
-        return len(self.broker_acked - self.processed)
+        return len(self.broker_acked - self.processed - self.dead_lettered)
+
+    def note(self, i: int) -> None:
+        self.delivered.append(i)
 
     def row(self) -> str:
         return (
@@ -123,3 +128,30 @@ class Tally:
             f"{'delivered':>9} | {'duplicates':>10} | {'lost':>4} |\n"
             f"|{'-' * 36}|{'-' * 11}|{'-' * 14}|{'-' * 11}|{'-' * 12}|{'-' * 6}|"
         )
+
+
+async def publish_all(
+    provider: Callable[[], Any],
+    subject: str,
+    tally: Tally,
+    ids: range,
+    *,
+    give_up_after: float = 60.0,
+) -> None:
+    """Publish ``{"i": id}`` for each id, retrying failures with the same msg id."""
+    from workflow_eventbus.errors import EventbusError
+    from workflow_eventbus.providers.base import OutboundMessage
+
+    for i in ids:
+        tally.published += 1
+        msg = OutboundMessage(subject, json.dumps({"i": i}).encode(), msg_id=f"{subject}-{i}")
+        deadline = time.monotonic() + give_up_after
+        while time.monotonic() < deadline:
+            try:
+                await provider().publish(msg)
+            except EventbusError:
+                tally.publish_errors += 1
+                await asyncio.sleep(0.05)  # retry pause while the broker is down
+                continue
+            tally.broker_acked.add(i)
+            break
