@@ -74,6 +74,14 @@ if [[ "$version" != "$pinned" ]]; then
     (
         cd "$moddir"
         "$go_cmd" mod init workflow-eventbus-interop-scratch >/dev/null 2>&1
+        # Start from the engine's own go.sum: the checksums its release was built
+        # with (the checksum database does not answer for every old dependency).
+        engine_dir="$("$go_cmd" mod download -json "$module_path@$version" |
+            sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+        if [[ -f "$engine_dir/go.sum" ]]; then
+            cp "$engine_dir/go.sum" go.sum
+            chmod u+w go.sum
+        fi
         "$go_cmd" get -tool "$module_path/cmd/server@$version" "$module_path/cmd/wfctl@$version"
     )
 fi
