@@ -22,7 +22,7 @@ from . import queries as q
 from .locks import consumer_lock_key
 from .subjects import filter_regex
 
-LOCK_WAIT = "2s"  # a Python claim takes milliseconds; a longer wait means a Go subscriber
+LOCK_WAIT = 2.0  # seconds; a Python claim takes milliseconds, a longer hold is a Go subscriber
 
 
 @dataclass(slots=True)
@@ -45,12 +45,19 @@ class Claim:
 
 
 async def claim(
-    conn: psycopg.AsyncConnection[Any], sql_of: q.Queries, stream: str, consumer: str, limit: int
+    conn: psycopg.AsyncConnection[Any],
+    sql_of: q.Queries,
+    stream: str,
+    consumer: str,
+    limit: int,
+    *,
+    lock_wait: float = LOCK_WAIT,
 ) -> Claim:
-    """Lease up to ``limit`` messages; an empty claim when another holder has the lock."""
+    """Lease up to ``limit`` messages; an empty claim when another holder keeps the lock."""
+    wait_ms = max(int(min(lock_wait, LOCK_WAIT) * 1000), 50)
     try:
         async with conn.transaction():
-            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
+            await conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{wait_ms}ms",))
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(%s)", (consumer_lock_key(stream, consumer),)
             )

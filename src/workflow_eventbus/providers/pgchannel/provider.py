@@ -459,8 +459,9 @@ class PgChannelProvider(Provider):
         channel = channel_name(stream)
         while True:
             waker = self._notifier.event(channel) if self._notifier else asyncio.Event()
+            lock_wait = deadline - time.monotonic()
             async with self._conn("fetch") as conn:
-                got = await claim(conn, self.sql, stream, consumer, limit)
+                got = await claim(conn, self.sql, stream, consumer, limit, lock_wait=lock_wait)
             remaining = deadline - time.monotonic()
             if got.deliveries or remaining <= 0:
                 return got.deliveries
