@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from .._proto import eventbus_pb2 as pb
 from ..config import duration_seconds
-from ..errors import BrokerUnavailableError, NotFoundError, RequestError
+from ..errors import BrokerUnavailableError, ConflictError, NotFoundError, RequestError
 from ..subjects import subject_matches
 from .base import (
     CORRELATION_HEADER,
@@ -129,6 +129,7 @@ class MemoryProvider(Provider):
         ack_wait = duration_seconds(cfg.ack_wait) or duration_seconds(stream.cfg.ack_wait)
         current = self.broker.consumers.get(key)
         if current is not None:
+            _check_immutable(current.cfg, cfg)
             current.cfg, current.ack_wait = _copy(cfg), ack_wait or DEFAULT_ACK_WAIT
             return
         cursor = 0
@@ -288,6 +289,21 @@ class MemoryProvider(Provider):
                 "declare it with an eventbus.consumer module"
             )
         return state
+
+
+# Settings a durable consumer cannot change once it exists (as on JetStream).
+_IMMUTABLE = ("deliver_policy", "opt_start_seq", "opt_start_time", "ack_policy")
+
+
+def _check_immutable(old: pb.ConsumerConfig, new: pb.ConsumerConfig) -> None:
+    for name in _IMMUTABLE:
+        before, after = getattr(old, name), getattr(new, name)
+        if before != after:
+            raise ConflictError(
+                f'memory consumer "{new.name}" on stream "{new.stream_name}": {name} is '
+                f"{before!r} and cannot change to {after!r}; fix: set it back, or use a new "
+                "durable name"
+            )
 
 
 _Cfg = TypeVar("_Cfg", pb.StreamConfig, pb.ConsumerConfig)
