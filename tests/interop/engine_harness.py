@@ -227,6 +227,19 @@ class EngineServer:
         if not self.plugin_pids:
             raise EngineError("the engine loaded the plugin but no plugin process was found")
 
+    async def wait_started(self, timeout: float = 60.0) -> None:
+        """Until ``engine.Start`` has returned: every module and trigger is started.
+
+        cmd/server logs this line from its post-start hooks, which run right after
+        ``engine.Start`` (modules, then the plugin's trigger handles) succeeded.
+        """
+        await wait_for(
+            lambda: "Registered all post-start services" in self.log(),
+            timeout=timeout,
+            what="the engine to finish starting",
+            check=self._check_not_rejected,
+        )
+
     async def wait_listening(self, port: int, timeout: float = 60.0) -> None:
         async def connects() -> bool:
             try:

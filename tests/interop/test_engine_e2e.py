@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +19,8 @@ from pathlib import Path
 import nats
 import pytest
 import pytest_asyncio
-from engine_harness import APPS, EngineServer, free_port, processes_in, wait_for
+import yaml
+from engine_harness import APPS, REPO, EngineServer, free_port, processes_in, wait_for
 from nats.js import JetStreamContext
 
 from workflow_eventbus.embedded import EmbeddedNats
@@ -160,20 +162,7 @@ async def test_go_plugin_config_shapes_run_unchanged(
     engine = make_engine(APPS / "go-shapes.yaml", {"EVENTBUS_NATS_URL": nats_url})
     engine.start()
     await engine.wait_plugin_loaded()
-
-    async def stream_exists() -> bool:
-        try:
-            await js.stream_info("FULFILLMENT")
-        except nats.js.errors.NotFoundError:
-            return False
-        return True
-
-    await wait_for(
-        stream_exists,
-        timeout=60,
-        what="the engine to create stream FULFILLMENT",
-        check=engine.check_running,
-    )
+    await engine.wait_started()
 
     # Binary payloads too: the bytes travel base64-encoded through the pipeline.
     payloads = [os.urandom(64) if i % 2 else f'{{"delivery": {i}}}'.encode() for i in range(20)]
@@ -274,3 +263,28 @@ async def test_engine_rejects_unknown_step_config_keys_at_build_time(
         timeout=15,
         what="the plugin to exit after the engine failed to start",
     )
+
+
+def _example_apps() -> list[Path]:
+    """Example configs that are engine apps (they have pipelines)."""
+    return [
+        path
+        for path in sorted((REPO / "examples").glob("*.yaml"))
+        if (yaml.safe_load(path.read_text()) or {}).get("pipelines")
+    ]
+
+
+@pytest.mark.parametrize("example", _example_apps(), ids=lambda p: p.name)
+async def test_example_app_starts_and_stops_in_the_engine(
+    make_engine: MakeEngine, nats_url: str, tmp_path: Path, example: Path
+) -> None:
+    # The example as written, except that its NATS URLs point at this test's server.
+    config = tmp_path / example.name
+    config.write_text(re.sub(r"nats://[\w.\-]+:\d+", nats_url, example.read_text()))
+    engine = make_engine(config)
+    engine.start()
+    await engine.wait_plugin_loaded()
+    await engine.wait_started()
+
+    assert await engine.stop() == 0
+    assert processes_in(engine.plugin_dir) == []
