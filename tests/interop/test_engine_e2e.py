@@ -31,15 +31,15 @@ MakeEngine = Callable[..., EngineServer]
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def nats_url() -> AsyncIterator[str]:
+async def bus_url() -> AsyncIterator[str]:
     """A private JetStream server: the app configs use fixed stream names."""
     async with EmbeddedNats() as server:
         yield server.url
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def js(nats_url: str) -> AsyncIterator[JetStreamContext]:
-    nc = await nats.connect(nats_url)
+async def js(bus_url: str) -> AsyncIterator[JetStreamContext]:
+    nc = await nats.connect(bus_url)
     try:
         yield nc.jetstream()
     finally:
@@ -98,12 +98,12 @@ def _http_payloads(count: int) -> list[bytes]:
 
 
 async def test_http_events_yield_exactly_one_derived_event_each(
-    make_engine: MakeEngine, nats_url: str, js: JetStreamContext
+    make_engine: MakeEngine, bus_url: str, js: JetStreamContext
 ) -> None:
     port = free_port()
     engine = make_engine(
         APPS / "orders.yaml",
-        {"EVENTBUS_NATS_URL": nats_url, "EVENTBUS_HTTP_ADDR": f"127.0.0.1:{port}"},
+        {"EVENTBUS_NATS_URL": bus_url, "EVENTBUS_HTTP_ADDR": f"127.0.0.1:{port}"},
     )
     engine.start()
     await engine.wait_plugin_loaded()
@@ -155,11 +155,11 @@ async def test_http_events_yield_exactly_one_derived_event_each(
 
 
 async def test_go_plugin_config_shapes_run_unchanged(
-    make_engine: MakeEngine, nats_url: str, js: JetStreamContext
+    make_engine: MakeEngine, bus_url: str, js: JetStreamContext
 ) -> None:
     # infra.eventbus* module names, the consumer/bus trigger aliases, and a
     # publish step fed only by its typed input (step.set before it).
-    engine = make_engine(APPS / "go-shapes.yaml", {"EVENTBUS_NATS_URL": nats_url})
+    engine = make_engine(APPS / "go-shapes.yaml", {"EVENTBUS_NATS_URL": bus_url})
     engine.start()
     await engine.wait_plugin_loaded()
     await engine.wait_started()
@@ -192,12 +192,12 @@ async def test_go_plugin_config_shapes_run_unchanged(
 
 
 async def test_stopping_the_engine_leaves_no_plugin_process(
-    make_engine: MakeEngine, nats_url: str
+    make_engine: MakeEngine, bus_url: str
 ) -> None:
     port = free_port()
     engine = make_engine(
         APPS / "orders.yaml",
-        {"EVENTBUS_NATS_URL": nats_url, "EVENTBUS_HTTP_ADDR": f"127.0.0.1:{port}"},
+        {"EVENTBUS_NATS_URL": bus_url, "EVENTBUS_HTTP_ADDR": f"127.0.0.1:{port}"},
     )
     engine.start()
     await engine.wait_plugin_loaded()
@@ -210,14 +210,14 @@ async def test_stopping_the_engine_leaves_no_plugin_process(
 
 
 async def test_killing_the_engine_leaves_no_plugin_process(
-    make_engine: MakeEngine, nats_url: str
+    make_engine: MakeEngine, bus_url: str
 ) -> None:
     # SIGKILL: no StopModule, no plugin shutdown call. The plugin must notice
     # that its engine is gone and exit by itself.
     port = free_port()
     engine = make_engine(
         APPS / "orders.yaml",
-        {"EVENTBUS_NATS_URL": nats_url, "EVENTBUS_HTTP_ADDR": f"127.0.0.1:{port}"},
+        {"EVENTBUS_NATS_URL": bus_url, "EVENTBUS_HTTP_ADDR": f"127.0.0.1:{port}"},
     )
     engine.start()
     await engine.wait_plugin_loaded()
@@ -233,7 +233,7 @@ async def test_killing_the_engine_leaves_no_plugin_process(
 
 
 async def test_engine_rejects_unknown_step_config_keys_at_build_time(
-    make_engine: MakeEngine, nats_url: str, tmp_path: Path
+    make_engine: MakeEngine, bus_url: str, tmp_path: Path
 ) -> None:
     # STRICT step contracts reach the engine: a key that is not a field of
     # PublishStepConfig fails CreateStep, and the server refuses to start.
@@ -250,7 +250,7 @@ async def test_engine_rejects_unknown_step_config_keys_at_build_time(
     config.write_text(spec)
     port = free_port()
     engine = make_engine(
-        config, {"EVENTBUS_NATS_URL": nats_url, "EVENTBUS_HTTP_ADDR": f"127.0.0.1:{port}"}
+        config, {"EVENTBUS_NATS_URL": bus_url, "EVENTBUS_HTTP_ADDR": f"127.0.0.1:{port}"}
     )
     engine.start()
     assert engine.proc is not None
@@ -276,11 +276,11 @@ def _example_apps() -> list[Path]:
 
 @pytest.mark.parametrize("example", _example_apps(), ids=lambda p: p.name)
 async def test_example_app_starts_and_stops_in_the_engine(
-    make_engine: MakeEngine, nats_url: str, tmp_path: Path, example: Path
+    make_engine: MakeEngine, bus_url: str, tmp_path: Path, example: Path
 ) -> None:
     # The example as written, except that its NATS URLs point at this test's server.
     config = tmp_path / example.name
-    config.write_text(re.sub(r"nats://[\w.\-]+:\d+", nats_url, example.read_text()))
+    config.write_text(re.sub(r"nats://[\w.\-]+:\d+", bus_url, example.read_text()))
     engine = make_engine(config)
     engine.start()
     await engine.wait_plugin_loaded()
