@@ -431,13 +431,17 @@ class PgChannelProvider(Provider):
         results: list[PublishResult | Exception | None],
     ) -> None:
         try:
-            async with self._conn("publish") as conn, conn.transaction():
-                for i, params in items:
-                    cur = await conn.execute(self.sql(q.PUBLISH), params)
+            async with self._conn("publish") as conn, conn.transaction(), conn.cursor() as cur:
+                # Pipelined: one round trip for the batch, one transaction.
+                await cur.executemany(
+                    self.sql(q.PUBLISH), [params for _, params in items], returning=True
+                )
+                for i, _ in items:
                     row = await cur.fetchone()
                     if row is None:
                         raise self._stream_gone(stream)
                     results[i] = PublishResult(stream, int(row[0]), row[1])
+                    cur.nextset()
         except (BrokerUnavailableError, ProviderError, NotFoundError) as exc:
             for i, _ in items:
                 results[i] = exc
