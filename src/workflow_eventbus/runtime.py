@@ -103,6 +103,24 @@ class EventBus:
         """The connected provider of a started broker (see :meth:`broker`)."""
         return self.broker(ref).provider
 
+    async def ready(self, ref: str = "") -> Provider:
+        """The provider for a step: starts the modules first if nobody did.
+
+        ``wfctl pipeline run`` creates and initialises modules but never starts
+        them; the first step that needs the broker starts every initialised
+        module (brokers, then streams, then consumers), as engine Start would."""
+        broker = self.broker(ref)
+        if not broker.started:
+            await self.start_all()
+        return broker.provider
+
+    async def start_all(self) -> None:
+        """Start every initialised module that is not started yet, in dependency order."""
+        for kind in (BrokerModule, StreamModule, ConsumerModule):
+            for module in list(self.modules):
+                if isinstance(module, kind) and module.initialized and not module.started:
+                    await module.start()
+
     async def started_provider(self, ref: str, *, who: str) -> Provider:
         """Like :meth:`provider`, starting the broker module first if needed."""
         try:

@@ -19,7 +19,7 @@ from ._proto import eventbus_pb2 as pb
 from .config import decode, duration_seconds
 from .errors import ConfigError, NotFoundError, RequestError
 from .names import ACK_STEP, CONSUME_STEP, PUBLISH_STEP
-from .providers.base import AckAction, OutboundMessage, PublishResult, batch_size
+from .providers.base import MAX_BATCH, AckAction, OutboundMessage, PublishResult, batch_size
 from .runtime import EventBus
 from .validation import validate_subject
 
@@ -61,8 +61,9 @@ class PublishStep(Step[pb.PublishStepConfig, pb.PublishRequest, pb.PublishRespon
     output_type = pb.PublishResponse
 
     async def _run(self, cfg: pb.PublishStepConfig, req: pb.PublishRequest) -> pb.PublishResponse:
-        provider = self.bus.provider(cfg.broker_ref or req.broker_ref)
+        provider = await self.bus.ready(cfg.broker_ref or req.broker_ref)
         if req.messages:
+            _check_batch(len(req.messages), self._where("messages"))
             outgoing = [self._outbound(cfg, req, item) for item in req.messages]
             results = await provider.publish_many(outgoing)
             return _batch_response(results)
@@ -93,6 +94,15 @@ class PublishStep(Step[pb.PublishStepConfig, pb.PublishRequest, pb.PublishRespon
             headers=headers,
             correlation_id=cfg.correlation_id or _first(layers, "correlation_id"),
             msg_id=cfg.msg_id or _first(layers, "msg_id"),
+        )
+
+
+def _check_batch(count: int, setting: str) -> None:
+    if count > MAX_BATCH:
+        raise RequestError(
+            setting,
+            f"{count} items in one call; at most {MAX_BATCH} are accepted",
+            fix=f"split the batch into calls of at most {MAX_BATCH}",
         )
 
 
@@ -149,7 +159,7 @@ class ConsumeStep(Step[pb.ConsumeStepConfig, pb.ConsumeRequest, pb.ConsumeRespon
                 f'add an eventbus.consumer module with name: "{durable}"'
             )
         ref = cfg.broker_ref or req.broker_ref or registered.broker_ref
-        provider = self.bus.provider(ref)
+        provider = await self.bus.ready(ref)
         wait = duration_seconds(cfg.max_wait) or duration_seconds(req.max_wait) or DEFAULT_MAX_WAIT
         size = batch_size(cfg.batch_size or req.batch_size)
         deliveries = await provider.fetch(registered.stream_name, durable, size, wait)
@@ -172,9 +182,10 @@ class AckStep(Step[pb.AckStepConfig, pb.AckRequest, pb.AckResponse]):
                 "is required",
                 fix="pass the ack_token of a consumed message (or ack_tokens for many)",
             )
+        _check_batch(len(tokens), self._where("ack_tokens"))
         action = AckAction(cfg.action or req.action or pb.ACK_ACTION_ACK)
         delay = duration_seconds(cfg.delay) or duration_seconds(req.delay) or None
-        provider = self.bus.provider(cfg.broker_ref or req.broker_ref)
+        provider = await self.bus.ready(cfg.broker_ref or req.broker_ref)
         await provider.settle(tokens, action, delay)
         return pb.AckResponse(count=len(tokens))
 

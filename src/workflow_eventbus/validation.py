@@ -37,6 +37,7 @@ RUNTIME_PROVIDERS = ("nats", "pgchannel", "memory")
 _TOKEN_BAD = re.compile(r"[\s]")
 _NAME_BAD = re.compile(r"[\s.*>/\\]")
 _PG_STREAM = re.compile(r"[A-Za-z0-9_]+")
+MAX_NAME = 255  # JetStream's limit for stream and consumer names
 
 
 def validate_cluster(name: str, cfg: pb.ClusterConfig) -> None:
@@ -118,6 +119,7 @@ def validate_stream(name: str, cfg: pb.StreamConfig) -> None:
             value=cfg.name,
             fix="use letters, digits, '-' and '_'",
         )
+    _check_length(cfg.name, f"{where}: name")
     if not cfg.subjects:
         raise ConfigError(
             f"{where}: subjects",
@@ -135,6 +137,16 @@ def validate_stream(name: str, cfg: pb.StreamConfig) -> None:
             raise ConfigError(
                 f"{where}: {field}", "must be -1 (unlimited) or more", value=getattr(cfg, field)
             )
+
+
+def _check_length(name: str, setting: str) -> None:
+    if len(name) > MAX_NAME:
+        raise ConfigError(
+            setting,
+            f"is {len(name)} characters long; at most {MAX_NAME} are allowed",
+            value=name[:40] + "...",
+            fix="use a shorter name",
+        )
 
 
 def validate_pg_stream_name(name: str, *, setting: str) -> None:
@@ -160,6 +172,7 @@ def validate_consumer(name: str, cfg: pb.ConsumerConfig, *, kind: str = CONSUMER
             value=cfg.name,
             fix="use letters, digits, '-' and '_'",
         )
+    _check_length(cfg.name, f"{where}: name")
     if not cfg.stream_name:
         raise ConfigError(
             f"{where}: stream_name", "is required", fix="set stream_name to the stream's name"

@@ -245,3 +245,10 @@ def test_redact_hides_secrets():
 def test_config_error_redacts_its_value():
     err = ConfigError("dsn", "bad", value="postgresql://u:pw@db/x")
     assert "pw@" not in str(err)
+
+
+def test_names_longer_than_jetstream_allows_are_refused():
+    with pytest.raises(ConfigError, match="is 256 characters long; at most 255"):
+        validate_stream("s", pb.StreamConfig(name="S" * 256, subjects=["a"]))
+    with pytest.raises(ConfigError, match="at most 255"):
+        validate_consumer("c", pb.ConsumerConfig(name="c" * 300, stream_name="S"))

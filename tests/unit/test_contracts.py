@@ -11,7 +11,7 @@ from google.protobuf import descriptor_pool
 from workflow_eventbus import __version__
 from workflow_eventbus._proto import plugin_pb2 as ppb
 from workflow_eventbus.cli.cmd_install import dump_json
-from workflow_eventbus.names import MODULE_TYPES, STEP_TYPES, TRIGGER_TYPES
+from workflow_eventbus.names import MODULE_ALIASES, MODULE_TYPES, STEP_TYPES, TRIGGER_TYPES
 from workflow_eventbus.plugin import contracts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ def test_plugin_json_passes_the_engine_manifest_rules() -> None:
     assert __version__.startswith(data["version"])
     assert data["author"] and data["description"] and data["minEngineVersion"]
     caps = data["capabilities"]
-    assert caps["moduleTypes"] == list(MODULE_TYPES)
+    assert caps["moduleTypes"] == [*MODULE_TYPES, *MODULE_ALIASES]  # old names stay loadable
     assert caps["stepTypes"] == list(STEP_TYPES)
     assert caps["triggerTypes"] == list(TRIGGER_TYPES)
 
@@ -44,7 +44,7 @@ def test_plugin_version_strips_pre_release_and_build_parts() -> None:
 def test_every_advertised_type_has_a_strict_contract() -> None:
     entries = json.loads(dump_json(contracts.contracts_json()))["contracts"]
     have = {(e["kind"], e["type"]) for e in entries if e["mode"] == "strict_proto"}
-    wanted = {("module", t) for t in MODULE_TYPES}
+    wanted = {("module", t) for t in (*MODULE_TYPES, *MODULE_ALIASES)}
     wanted |= {("step", t) for t in STEP_TYPES} | {("trigger", t) for t in TRIGGER_TYPES}
     assert wanted <= have
     steps = [e for e in entries if e["kind"] == "step"]

@@ -371,3 +371,32 @@ async def test_long_handler_sends_in_progress(bus):
     await until(lambda: trig.subscription.stats.acked == 1)
     await trig.stop()
     assert calls == [1]  # never redelivered while it ran
+
+
+async def test_steps_start_initialised_modules_when_nobody_did():
+    """wfctl pipeline run creates and initialises modules but never starts them."""
+    b = EventBus(environ={})
+    mods = [
+        b.create_module(
+            "eventbus.broker", "bus", {"provider": "memory", "dsn": f"memory://lazy{next(_ids)}"}
+        ),
+        b.create_module("eventbus.stream", "s", {"name": "LAZY", "subjects": ["lazy.>"]}),
+        b.create_module("eventbus.consumer", "c", {"name": "w", "stream_name": "LAZY"}),
+    ]
+    for m in mods:
+        await m.init()
+    out = await create_step(b, "step.eventbus.publish", "p", {"subject": "lazy.x"}).execute()
+    assert out.stream == "LAZY"
+    assert all(m.started for m in mods)
+    got = await create_step(b, "step.eventbus.consume", "c", {"consumer": "w"}).execute()
+    assert len(got.messages) == 1
+    await b.close()
+
+
+async def test_oversized_batches_are_refused(bus):
+    pub = create_step(bus, "step.eventbus.publish", "pub", {"subject": "orders.x"})
+    with pytest.raises(RequestError, match="1001 items in one call; at most 1000"):
+        await pub.execute(pb.PublishRequest(messages=[pb.PublishRequest()] * 1001))
+    ack = create_step(bus, "step.eventbus.ack", "a", None)
+    with pytest.raises(RequestError, match="ack_tokens: 1001 items"):
+        await ack.execute(pb.AckRequest(ack_tokens=["t"] * 1001))

@@ -27,6 +27,7 @@ from ..names import (
     BROKER,
     CONSUME_STEP,
     CONSUMER,
+    MODULE_ALIASES,
     MODULE_TYPES,
     PLUGIN_NAME,
     PUBLISH_STEP,
@@ -49,9 +50,11 @@ LICENSE = "MIT"
 # need that.
 MIN_ENGINE_VERSION = "0.57.2"
 
-# GetModuleTypes keeps the Go plugin's list: the trigger type is also a module
-# type there. plugin.json lists only the three real modules (as the Go one does).
-RUNTIME_MODULE_TYPES = (*MODULE_TYPES, SUBSCRIBE)
+# GetModuleTypes keeps the Go plugin's list (the trigger type is also a module
+# type there) plus the pre-v0.2.0 names, which the engine must know to accept
+# configs written for the old Go plugin. plugin.json lists the modules and aliases.
+ADVERTISED_MODULE_TYPES = (*MODULE_TYPES, *MODULE_ALIASES)
+RUNTIME_MODULE_TYPES = (*ADVERTISED_MODULE_TYPES, SUBSCRIBE)
 
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+")
 
@@ -89,6 +92,7 @@ MODULE_CONFIGS: dict[str, type[Any]] = {
     CONSUMER: pb.ConsumerConfig,
     SUBSCRIBE: pb.ConsumerConfig,
 }
+MODULE_CONFIGS.update({alias: MODULE_CONFIGS[target] for alias, target in MODULE_ALIASES.items()})
 
 STEP_CONTRACTS: dict[str, StepContract] = {
     PUBLISH_STEP: StepContract(
@@ -285,14 +289,16 @@ def _describe(field: FieldDescriptor) -> str:
 def module_schemas() -> ppb.ModuleSchemaList:
     schemas = []
     for module_type, cls in MODULE_CONFIGS.items():
-        label, description = _LABELS[module_type]
+        label, description = _LABELS[MODULE_ALIASES.get(module_type, module_type)]
         schemas.append(
             ppb.ModuleSchema(
                 type=module_type,
                 label=label,
                 category="messaging",
                 description=description,
-                config_fields=_config_fields(module_type, cls.DESCRIPTOR),
+                config_fields=_config_fields(
+                    MODULE_ALIASES.get(module_type, module_type), cls.DESCRIPTOR
+                ),
             )
         )
     return ppb.ModuleSchemaList(schemas=schemas)
@@ -316,7 +322,7 @@ def plugin_json() -> dict[str, Any]:
         "keywords": ["eventbus", "nats", "jetstream", "postgres", "pubsub", "python"],
         "capabilities": {
             "configProvider": False,
-            "moduleTypes": list(MODULE_TYPES),
+            "moduleTypes": list(ADVERTISED_MODULE_TYPES),
             "stepTypes": list(STEP_TYPES),
             "triggerTypes": list(TRIGGER_TYPES),
         },
