@@ -11,6 +11,9 @@ PY=.venv/bin/python
 echo "== generated protobuf code" && $PY scripts/verify_generated.py
 echo "== lint" && $PY -m ruff check src tests scripts && $PY -m ruff format --check src tests scripts
 echo "== types" && $PY -m mypy
+echo "== workflow engine for tests/interop (built once, cached by version)"
+WORKFLOW_ENGINE_BIN_DIR="$(bash interop/build.sh | tail -n 1)"
+export WORKFLOW_ENGINE_BIN_DIR
 echo "== tests"
 $PY -m pytest -q -p no:cacheprovider "$@"
 if [ -f src/workflow_eventbus/cli/bench.py ]; then
