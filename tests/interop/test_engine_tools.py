@@ -89,3 +89,36 @@ def test_validate_without_plugin_dir_rejects_the_eventbus_types(engine_bin: Path
     done = run_wfctl(engine_bin, "validate", str(APPS / "orders.yaml"))
     assert done.returncode != 0, _explain(done)
     assert 'unknown module type "eventbus.' in done.stdout + done.stderr, _explain(done)
+
+
+async def test_wfctl_pipeline_run_publishes_without_engine_start(
+    engine_bin: Path, plugins_dir: Path, nats_server, tmp_path: Path
+) -> None:
+    """`wfctl pipeline run` creates and initialises modules but never starts them:
+    the publish step starts them itself, and the event lands in the stream."""
+    import nats
+
+    app = tmp_path / "app.yaml"
+    text = (REPO / "examples" / "eventbus-app.yaml").read_text()
+    app.write_text(text.replace("nats://127.0.0.1:4222", nats_server.url))
+    done = run_wfctl(
+        engine_bin,
+        "pipeline",
+        "run",
+        "-c",
+        str(app),
+        "-p",
+        "place-order",
+        "--plugin-dir",
+        str(plugins_dir),
+    )
+    assert done.returncode == 0, _explain(done)
+    assert "Pipeline completed successfully" in done.stdout, _explain(done)
+    nc = await nats.connect(nats_server.url)
+    try:
+        info = await nc.jetstream().stream_info("ORDERS")
+        assert info.state.messages >= 1
+        last = await nc.jetstream().get_last_msg("ORDERS", "orders.created")
+        assert last.data
+    finally:
+        await nc.close()
