@@ -77,7 +77,7 @@ async def new_consumer(provider: NatsProvider, stream: str, **extra: Any) -> str
 
 
 async def acked_all(provider: NatsProvider, stream: str, consumer: str) -> bool:
-    # settle() flushes, so the server has the acks; JetStream applies them a moment later.
+    # settle() queues the acks on the connection; JetStream applies them a moment later.
     return await provider.pending(stream, consumer) == (0, 0)
 
 

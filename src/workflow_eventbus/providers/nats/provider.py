@@ -36,6 +36,7 @@ from ..base import (
     batch_size,
 )
 from . import mapping
+from .acks import AckConfirmer
 from .errors import (
     CONSUMER_NOT_FOUND,
     STREAM_NOT_FOUND,
@@ -87,6 +88,7 @@ class NatsProvider(Provider):
         self._stream_ack_wait: dict[str, float] = {}
         self._connect_failed: asyncio.Future[BaseException] | None = None
         self._connect_error: BaseException | None = None
+        self._acks = AckConfirmer(lambda: self._nc, self._up, request_timeout)
 
     def __repr__(self) -> str:
         return f"NatsProvider({self.broker_name!r}, {redact(self.url)})"
@@ -133,6 +135,7 @@ class NatsProvider(Provider):
         )
         self._jsm = nc.jsm(timeout=self.request_timeout)
         self._up.set()
+        self._acks.start()
 
     async def _await_connect(
         self, task: asyncio.Task[None], failed: asyncio.Future[BaseException], timeout: float
@@ -181,6 +184,7 @@ class NatsProvider(Provider):
         self._js = self._jsm = None
         self._pulls.clear()
         self._up.clear()
+        await self._acks.close()
         if nc is not None:
             await _discard(nc)
 
@@ -465,9 +469,13 @@ class NatsProvider(Provider):
         if not self.connected:
             raise self._fail(nats.errors.ConnectionReconnectingError(), f"{action.name.lower()}")
         try:
+            # Queued like nats-py's msg.ack(); no PING/PONG round trip here: the
+            # confirmer checks them in the background and resends after a reconnect.
+            # One connection's commands are applied in order, so a later fetch or
+            # consumer_info sees them; close() writes what is still queued.
             for token in tokens:
                 await nc.publish(token, body)
-            await nc.flush(timeout=self.request_timeout)  # type: ignore[arg-type]
+            self._acks.sent(tokens, body)
         except Exception as exc:
             raise self._fail(exc, f"{action.name.lower()} {len(tokens)} message(s)") from exc
 

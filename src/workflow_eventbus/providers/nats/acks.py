@@ -1,0 +1,81 @@
+"""Ack confirmation off the hot path.
+
+``settle`` queues its acks on the connection (like nats-py's ``msg.ack()``) and
+returns; this task then confirms them with one PING/PONG per batch of whatever
+was settled meanwhile. If the connection drops before the PONG (a server
+killed with acks in its socket buffer), the unconfirmed acks are sent again
+once the client has reconnected, so a crash costs few duplicate deliveries.
+Acks are idempotent in JetStream, a repeated nak or in-progress is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+
+from nats.aio.client import Client as NatsClient
+
+log = logging.getLogger("workflow_eventbus.nats")
+
+MAX_UNCONFIRMED = 100_000  # beyond this, the oldest are dropped (redelivery covers them)
+
+
+class AckConfirmer:
+    """Owns one background task per connection; ``close()`` cancels and awaits it."""
+
+    def __init__(
+        self, client: Callable[[], NatsClient | None], up: asyncio.Event, timeout: float
+    ) -> None:
+        self._client = client
+        self._up = up
+        self._timeout = timeout
+        self._unconfirmed: list[tuple[str, bytes]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="nats ack confirmer"
+            )
+
+    def sent(self, tokens: Sequence[str], body: bytes) -> None:
+        self._unconfirmed.extend((token, body) for token in tokens)
+        if len(self._unconfirmed) > MAX_UNCONFIRMED:
+            del self._unconfirmed[: len(self._unconfirmed) - MAX_UNCONFIRMED]
+        self._wake.set()
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        self._unconfirmed = []
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._unconfirmed = self._unconfirmed, []
+            while batch:
+                nc = self._client()
+                if nc is None:
+                    return
+                try:
+                    await nc.flush(timeout=self._timeout)  # type: ignore[arg-type]
+                    batch = []
+                except Exception as exc:  # lost before the server confirmed: resend
+                    log.info("nats: %d ack(s) unconfirmed (%s); resending", len(batch), exc)
+                    await self._resend(batch)
+
+    async def _resend(self, batch: list[tuple[str, bytes]]) -> None:
+        await self._up.wait()
+        nc = self._client()
+        if nc is None:
+            return
+        with contextlib.suppress(Exception):
+            for token, body in batch:
+                await nc.publish(token, body)
