@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -14,10 +13,11 @@ from nats.js import JetStreamContext, JetStreamManager
 
 from .._proto import eventbus_pb2 as pb
 from ..embedded import EmbeddedNats
-from ..host import PluginHost, TriggerCall
+from ..host import PluginHost
 from ..runtime import EventBus
 from .core import PAYLOAD
 from .echo import EchoServer
+from .engine import EngineStandIn, TriggerSink
 
 # One stream per path so no scenario sees another's messages.
 PUB_STREAM, PUB_SUBJECT = "BENCH_PUB", "bench.pub"
@@ -39,39 +39,6 @@ def plugin_command(loop: str) -> list[str]:
         )
         return [sys.executable, "-c", code]
     return [sys.executable, "-m", "workflow_eventbus.cli.main"]
-
-
-class TriggerSink:
-    """Counts TriggerWorkflow calls for the trigger scenarios and records arrival times."""
-
-    def __init__(self) -> None:
-        self.expected = 0
-        self.arrivals: list[float] = []
-        self.done = asyncio.Event()
-        self._threshold = 0
-        self._reached = asyncio.Event()
-        self.clock: Callable[[], float] = asyncio.get_running_loop().time
-
-    def arm(self, expected: int) -> None:
-        self.expected = expected
-        self.arrivals = []
-        self.done.clear()
-
-    async def __call__(self, call: TriggerCall) -> str:
-        self.arrivals.append(self.clock())
-        if len(self.arrivals) >= self.expected:
-            self.done.set()
-        if len(self.arrivals) >= self._threshold:
-            self._reached.set()
-        return ""
-
-    async def reach(self, count: int) -> None:
-        """Wait until at least ``count`` calls arrived."""
-        if len(self.arrivals) >= count:
-            return
-        self._threshold = count
-        self._reached.clear()
-        await self._reached.wait()
 
 
 class BenchEnv:
@@ -139,7 +106,8 @@ class BenchEnv:
         if self.host is not None:
             return self.host
         self.sink = TriggerSink()
-        host = PluginHost(plugin_command(self.plugin_loop), on_trigger=self.sink)
+        host = PluginHost(plugin_command(self.plugin_loop))
+        host.callback_server = EngineStandIn(self.sink)  # type: ignore[assignment]
         await host.start()
         self.host = host
         handles = self.plugin_handles
