@@ -157,9 +157,14 @@ class SubscribeTrigger:
         configured = tuple(duration_seconds(d) for d in cfg.backoff)
         backoff = configured or DEFAULT_BACKOFF
         drain = duration_seconds(cfg.drain_timeout)
+        max_in_flight = cfg.max_in_flight or DEFAULT_MAX_IN_FLIGHT
         return SubscribeOptions(
-            max_in_flight=cfg.max_in_flight or DEFAULT_MAX_IN_FLIGHT,
-            fetch_batch=cfg.fetch_batch,
+            max_in_flight=max_in_flight,
+            # Unset: one window of max_in_flight per fetch. Refilling only the free
+            # slots meant one fetch per finished handler at steady state (measured:
+            # ~100 us of plugin CPU per message at max_in_flight 16); the extra
+            # messages are held, kept alive and nak'd on stop like any fetched one.
+            fetch_batch=cfg.fetch_batch or max_in_flight,
             backoff=backoff,
             max_deliver=cfg.max_deliver,
             dead_letter_subject=cfg.dead_letter_subject
