@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import abc
 import enum
+import functools
 import logging
+import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from .._proto import eventbus_pb2 as pb
 
@@ -86,10 +89,9 @@ class Delivery:
     ack_token: str
 
     def to_proto(self) -> pb.Message:
-        return pb.Message(
+        message = pb.Message(
             subject=self.subject,
             payload=self.payload,
-            headers=self.headers,
             sequence=str(self.sequence),
             published_at=rfc3339(self.published_at),
             ack_token=self.ack_token,
@@ -97,11 +99,20 @@ class Delivery:
             stream=self.stream,
             consumer=self.consumer,
         )
+        if self.headers:  # an empty map costs as much as a full one to set
+            message.headers.update(self.headers)
+        return message
 
 
 def rfc3339(moment: datetime) -> str:
     """UTC RFC 3339 with second precision, as the Go plugin renders times."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _utc_second(math.floor(moment.timestamp()))
+
+
+@functools.lru_cache(maxsize=256)
+def _utc_second(epoch_second: int) -> str:
+    # Called per delivered message; consecutive messages share their second.
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_second))
 
 
 def batch_size(requested: int) -> int:
