@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -151,6 +152,7 @@ class Subscription:
         self._slots = asyncio.Semaphore(max(self.options.max_in_flight, 1))
         self._held: dict[str, _Held] = {}
         self._held_changed = asyncio.Event()
+        self._keepalive_at = math.inf  # when the keepalive task wakes up next
 
     @property
     def running(self) -> bool:
@@ -209,10 +211,16 @@ class Subscription:
         )
         self.stats.fetched += len(batch)
         now = time.monotonic()
+        earliest = math.inf
         for delivery in batch:
             interval = self._signal_interval(delivery)
-            self._held[delivery.ack_token] = _Held(delivery, now + interval if interval else 0.0)
-        if batch:
+            due = now + interval if interval else 0.0
+            self._held[delivery.ack_token] = _Held(delivery, due)
+            if due:
+                earliest = min(earliest, due)
+        if earliest < self._keepalive_at:
+            # Wake the keepalive only when it sleeps past the new deadline; once per
+            # fetch it cost a task and a timer per message.
             self._held_changed.set()
         return batch
 
@@ -424,7 +432,8 @@ class Subscription:
                 await self._signal(due, now)
                 continue
             upcoming = [h.due for h in self._held.values() if h.due]
-            timeout = max(min(upcoming) - now, 0.0) if upcoming else None
+            self._keepalive_at = min(upcoming) if upcoming else math.inf
+            timeout = max(self._keepalive_at - now, 0.0) if upcoming else None
             self._held_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._held_changed.wait(), timeout)
