@@ -432,8 +432,19 @@ class Subscription:
                 await self._signal(due, now)
                 continue
             upcoming = [h.due for h in self._held.values() if h.due]
-            self._keepalive_at = min(upcoming) if upcoming else math.inf
-            timeout = max(self._keepalive_at - now, 0.0) if upcoming else None
+            timeout: float | None
+            if upcoming:
+                self._keepalive_at = min(upcoming)
+                timeout = max(self._keepalive_at - now, 0.0)
+            elif self._held_changed.is_set():
+                # A fetch woke us but its messages are already settled (a busy
+                # consumer): anything fetched from now on is due MIN_SIGNAL_INTERVAL
+                # later at the earliest, so a short sleep needs no wake-up per fetch.
+                self._keepalive_at = now + MIN_SIGNAL_INTERVAL
+                timeout = MIN_SIGNAL_INTERVAL
+            else:  # idle: sleep until a fetch brings something
+                self._keepalive_at = math.inf
+                timeout = None
             self._held_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._held_changed.wait(), timeout)
