@@ -49,6 +49,7 @@ from ..base import (
 from . import mapping as m
 from . import queries as q
 from .claim import claim
+from .health import RecentUseCheck
 from .listener import Notifier, channel_name
 from .migrations import applied_versions, latest_version, migrate_up
 from .retention import sweep
@@ -84,6 +85,7 @@ class PgChannelProvider(Provider):
         self.op_timeout = timeout if timeout > 0 else DEFAULT_OP_TIMEOUT
         self.sql = q.Queries(self.schema)
         self._pool: AsyncConnectionPool[Any] | None = None
+        self._check = RecentUseCheck()
         self._notifier: Notifier | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._healthy = False
@@ -114,7 +116,7 @@ class PgChannelProvider(Provider):
             max_size=self.max_conns,
             open=False,
             kwargs={"autocommit": True},
-            check=AsyncConnectionPool.check_connection,
+            check=self._check,
             timeout=self.op_timeout,
             name=f"eventbus-{self.broker_name}",
         )
@@ -195,6 +197,7 @@ class PgChannelProvider(Provider):
         try:
             async with self._pool.connection(timeout=self.op_timeout) as conn:
                 yield conn
+                self._check.used(conn)
         except (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise self._unavailable(what, exc) from exc
         except psycopg.Error as exc:
