@@ -29,9 +29,9 @@ class Group:
 @dataclass(slots=True)
 class Settings:
     quick: bool = False
-    rounds: int = 0  # 0: 2 in quick mode, 3 otherwise
+    rounds: int = 0  # 0: 3 in quick mode, 5 otherwise
     scale: float = 1.0
-    seconds: float = 0.0  # time bound per sample; 0: 4 s quick, 20 s full
+    seconds: float = 0.0  # time bound per sample; 0: 4 s quick, 15 s full
     only: Sequence[str] = ()
     loop: str = "asyncio"
     plugin_loop: str = "asyncio"
@@ -40,11 +40,11 @@ class Settings:
 
     @property
     def round_count(self) -> int:
-        return self.rounds or (2 if self.quick else 3)
+        return self.rounds or (3 if self.quick else 5)
 
     @property
     def time_bound(self) -> float:
-        return self.seconds or (4.0 if self.quick else 20.0)
+        return self.seconds or (4.0 if self.quick else 15.0)
 
     def messages(self, scenario: Scenario) -> int:
         factor = self.scale * (0.2 if self.quick else 1.0)

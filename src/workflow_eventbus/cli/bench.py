@@ -23,7 +23,7 @@ def add_parser(subparsers: Any) -> None:
         "--quick", action="store_true", help="short mode for CI (ratios reported, not asserted)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=0, help="paired rounds per group (default 3, quick 2)"
+        "--rounds", type=int, default=0, help="paired rounds per group (default 5, quick 3)"
     )
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every message count")
     parser.add_argument("--seconds", type=float, default=0.0, help="time bound per sample")
