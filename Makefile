@@ -27,8 +27,9 @@ test:
 test-fast:
 	$(PY) -m pytest -q -m "not interop and not chaos"
 
+# Every plugin path against its raw baseline (docs/performance.md); BENCH_ARGS=--quick for CI.
 bench:
-	$(PY) -m workflow_eventbus.cli.main bench
+	$(PY) -m workflow_eventbus.cli.main bench $(BENCH_ARGS)
 
 demo:
 	$(PY) -m workflow_eventbus.cli.main demo
