@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from nats.aio.msg import Msg
+from nats.errors import NotJSMessageError
 
 from ...errors import RequestError
 from ..base import AckAction, Delivery
@@ -24,18 +27,41 @@ def header_size(headers: dict[str, str]) -> int:
     return total
 
 
+# Positions in the ack subject: $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.
+# <consumer seq>.<timestamp ns>.<pending>, or with <domain>.<account hash> after ACK.
+_V1_TOKENS = 9
+_V2_MIN_TOKENS = 11
+_V1_FIELDS: tuple[int, ...] = (2, 3, 4, 5, 7)
+_V2_FIELDS: tuple[int, ...] = (4, 5, 6, 7, 9)
+
+
 def delivery(msg: Msg, stream: str, consumer: str) -> Delivery:
-    meta = msg.metadata
+    # Parsed here rather than through msg.metadata (a frozen dataclass of dataclasses):
+    # ~3x cheaper, and it runs for every delivered message.
+    reply = msg.reply
+    tokens = reply.split(".")
+    count = len(tokens)
+    fields: tuple[int, ...]
+    if count == _V1_TOKENS:
+        fields = _V1_FIELDS
+    elif count >= _V2_MIN_TOKENS:
+        fields = _V2_FIELDS
+    else:
+        fields = ()
+    if not fields or tokens[0] != "$JS" or tokens[1] != "ACK":
+        msg.metadata  # noqa: B018 - raises nats-py's own error for a non-JetStream reply
+        raise NotJSMessageError
+    name, durable, delivered, sequence, stamp = (tokens[i] for i in fields)
     return Delivery(
-        stream=meta.stream or stream,
-        consumer=meta.consumer or consumer,
+        stream=name or stream,
+        consumer=durable or consumer,
         subject=msg.subject,
         payload=msg.data,
         headers=dict(msg.headers) if msg.headers else {},
-        sequence=meta.sequence.stream,
-        published_at=meta.timestamp,
-        delivery_count=meta.num_delivered,
-        ack_token=msg.reply,
+        sequence=int(sequence),
+        published_at=datetime.fromtimestamp(int(stamp) / 1e9, UTC),
+        delivery_count=int(delivered),
+        ack_token=reply,
     )
 
 
