@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import sys
+import os
 from types import TracebackType
 from typing import Any
 
@@ -14,6 +14,7 @@ from nats.js import JetStreamContext, JetStreamManager
 from .._proto import eventbus_pb2 as pb
 from ..embedded import EmbeddedNats
 from ..host import PluginHost
+from ..plugin.transport import LOOP_ENV
 from ..runtime import EventBus
 from .core import PAYLOAD
 from .echo import EchoServer
@@ -31,20 +32,20 @@ LOCAL_STREAMS = (RAW_FETCH, RAW_TRIGGER)
 FILL_CHUNK = 2000
 
 
-def plugin_command(loop: str) -> list[str]:
-    if loop == "uvloop":
-        code = (
-            "import sys, uvloop; uvloop.install(); "
-            "from workflow_eventbus.cli.main import main; sys.exit(main())"
-        )
-        return [sys.executable, "-c", code]
-    return [sys.executable, "-m", "workflow_eventbus.cli.main"]
+def plugin_environment(loop: str) -> dict[str, str]:
+    """The plugin's environment; ``loop`` picks its event loop (see plugin.transport)."""
+    env = dict(os.environ)
+    if loop in ("asyncio", "uvloop"):
+        env[LOOP_ENV] = loop
+    else:
+        env.pop(LOOP_ENV, None)  # the plugin's own default: uvloop when installed
+    return env
 
 
 class BenchEnv:
     """Everything a run needs, started once and torn down in reverse order."""
 
-    def __init__(self, *, loop: str = "asyncio", plugin_loop: str = "asyncio") -> None:
+    def __init__(self, *, loop: str = "asyncio", plugin_loop: str = "default") -> None:
         self.loop = loop
         self.plugin_loop = plugin_loop
         self.nats_server = EmbeddedNats()
@@ -106,7 +107,7 @@ class BenchEnv:
         if self.host is not None:
             return self.host
         self.sink = TriggerSink()
-        host = PluginHost(plugin_command(self.plugin_loop))
+        host = PluginHost(env=plugin_environment(self.plugin_loop))
         host.callback_server = EngineStandIn(self.sink)  # type: ignore[assignment]
         await host.start()
         self.host = host

@@ -34,7 +34,7 @@ class Settings:
     seconds: float = 0.0  # time bound per sample; 0: 4 s quick, 15 s full
     only: Sequence[str] = ()
     loop: str = "asyncio"
-    plugin_loop: str = "asyncio"
+    plugin_loop: str = "default"
     pg: bool = True
     out: Path = Path("bench/results.json")
 
@@ -85,11 +85,11 @@ def nats_groups(env: BenchEnv) -> list[Group]:
         Group(
             "step_publish",
             [
-                Scenario("raw.publish+grpc_echo", raw.raw_publish_echo, 5000, latency="message"),
+                Scenario("raw.publish+grpc_echo", raw.raw_publish_echo, 3000, latency="message"),
                 Scenario(
                     "plugin.step_publish",
                     plug.step_publish,
-                    5000,
+                    3000,
                     "raw.publish+grpc_echo",
                     0.8,
                     latency="message",
@@ -114,12 +114,12 @@ def nats_groups(env: BenchEnv) -> list[Group]:
             "trigger",
             [
                 Scenario(
-                    "raw.fetch1+ack+grpc_echo", raw.raw_fetch1_ack_echo, 4000, latency="message"
+                    "raw.fetch1+ack+grpc_echo", raw.raw_fetch1_ack_echo, 3000, latency="message"
                 ),
                 Scenario(
                     "plugin.trigger_mif1",
                     plug.trigger_1,
-                    4000,
+                    3000,
                     "raw.fetch1+ack+grpc_echo",
                     0.8,
                     latency="message",
@@ -127,7 +127,7 @@ def nats_groups(env: BenchEnv) -> list[Group]:
                 Scenario(
                     "plugin.trigger_mif16",
                     plug.trigger_16,
-                    10000,
+                    8000,
                     "plugin.trigger_mif1",
                     3.0,
                     latency="message",

@@ -38,7 +38,10 @@ def add_parser(subparsers: Any) -> None:
         "--loop", choices=LOOPS, default="asyncio", help="event loop of the bench process"
     )
     parser.add_argument(
-        "--plugin-loop", choices=LOOPS, default="asyncio", help="event loop of the plugin process"
+        "--plugin-loop",
+        choices=("default", *LOOPS),
+        default="default",
+        help="event loop of the plugin process (default: its own choice, uvloop when installed)",
     )
     parser.add_argument(
         "--no-pg", action="store_true", help="skip the pgchannel rows (no PostgreSQL)"
