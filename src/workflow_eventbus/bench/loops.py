@@ -11,6 +11,11 @@ T = TypeVar("T")
 LOOPS = ("asyncio", "uvloop")
 
 
+def default_loop() -> str:
+    """uvloop when installed: the plugin process runs on it too (like for like)."""
+    return "uvloop" if uvloop_available() else "asyncio"
+
+
 def uvloop_available() -> bool:
     return importlib.util.find_spec("uvloop") is not None
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..bench.loops import LOOPS, run_loop
+from ..bench.loops import LOOPS, default_loop, run_loop
 
 
 def add_parser(subparsers: Any) -> None:
@@ -35,7 +35,10 @@ def add_parser(subparsers: Any) -> None:
         help="run only these groups (repeatable)",
     )
     parser.add_argument(
-        "--loop", choices=LOOPS, default="asyncio", help="event loop of the bench process"
+        "--loop",
+        choices=LOOPS,
+        default=default_loop(),
+        help="event loop of the bench process (default: uvloop when installed, as the plugin)",
     )
     parser.add_argument(
         "--plugin-loop",
