@@ -1,4 +1,4 @@
-"""Claiming a batch for one durable consumer, in one transaction.
+"""Claiming a batch for one durable consumer, in one transaction of three round trips.
 
 The transaction first takes the consumer's advisory lock (the Go plugin's key,
 transaction-scoped here), so claims of one durable are serialised across
@@ -7,6 +7,10 @@ It then: marks leases whose deliveries are exhausted, picks due redeliveries
 (``FOR UPDATE SKIP LOCKED``: a row being settled right now is skipped) and
 fresh events past the cursor, records one lease per message (the delivery
 row), and moves the cursor and the ack floor. Ordered by sequence.
+
+The statements go out in pipeline mode: BEGIN, the lock and the state read in
+one round trip; the exhausted-mark and the pick in the second; the leases, the
+cursor move and COMMIT in the third.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import pq
 
 from ...errors import NotFoundError
 from ..base import CORRELATION_HEADER, LEGACY_CORRELATION_HEADER, Delivery
@@ -23,6 +28,7 @@ from .locks import consumer_lock_key
 from .subjects import filter_regex
 
 LOCK_WAIT = 2.0  # seconds; a Python claim takes milliseconds, a longer hold is a Go subscriber
+UNLIMITED_DELIVER = 2147483647  # how an unset max_deliver is stored (Go compatible)
 
 
 @dataclass(slots=True)
@@ -36,6 +42,8 @@ class ConsumerState:
     max_ack_pending: int
     backoff: list[float]
     max_age: int | None
+    active: int
+    stream_max: int
 
 
 @dataclass(slots=True)
@@ -56,36 +64,26 @@ async def claim(
     """Lease up to ``limit`` messages; an empty claim when another holder keeps the lock."""
     wait_ms = max(int(min(lock_wait, LOCK_WAIT) * 1000), 50)
     try:
-        async with conn.transaction():
-            await conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{wait_ms}ms",))
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(%s)", (consumer_lock_key(stream, consumer),)
-            )
-            return await _claim_locked(conn, sql_of, stream, consumer, limit)
+        try:
+            async with conn.pipeline():
+                await conn.execute("BEGIN")
+                await conn.execute(
+                    sql_of(q.CLAIM_LOCK),
+                    {"lock_timeout": f"{wait_ms}ms", "key": consumer_lock_key(stream, consumer)},
+                )
+                return await _claim_locked(conn, sql_of, stream, consumer, limit)
+        finally:
+            if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+                await conn.execute("ROLLBACK")
     except psycopg.errors.LockNotAvailable:
         return Claim([], None)
-
-
-async def _one(
-    conn: psycopg.AsyncConnection[Any], query: Any, params: dict[str, Any]
-) -> tuple[Any, ...] | None:
-    cur = await conn.execute(query, params)
-    return await cur.fetchone()
-
-
-async def _ids(
-    conn: psycopg.AsyncConnection[Any], query: Any, params: dict[str, Any], *, custom: bool = False
-) -> list[int]:
-    # custom=True: plan with the actual values every time. A cached generic plan of the
-    # fresh-events scan (optional filter, moving cursor) was measured 50x slower.
-    cur = await conn.execute(query, params, prepare=False if custom else None)
-    return [int(row[0]) for row in await cur.fetchall()]
 
 
 async def load_state(
     conn: psycopg.AsyncConnection[Any], sql_of: q.Queries, stream: str, consumer: str
 ) -> ConsumerState:
-    row = await _one(conn, sql_of(q.CONSUMER_STATE), {"stream": stream, "consumer": consumer})
+    cur = await conn.execute(sql_of(q.CONSUMER_STATE), {"stream": stream, "consumer": consumer})
+    row = await cur.fetchone()
     if row is None:
         raise NotFoundError(
             f'pgchannel: consumer "{consumer}" not found on stream "{stream}"; '
@@ -101,21 +99,33 @@ async def load_state(
         max_ack_pending=int(row[6]),
         backoff=[int(ms) / 1000.0 for ms in row[7] or []],
         max_age=None if row[8] is None else int(row[8]),
+        active=int(row[9]),
+        stream_max=int(row[10]),
     )
 
 
-async def _room(
-    conn: psycopg.AsyncConnection[Any],
-    sql_of: q.Queries,
-    st: ConsumerState,
-    base: dict[str, Any],
-    limit: int,
-) -> int:
+def _room(st: ConsumerState, limit: int) -> int:
     if st.max_ack_pending <= 0 or st.ack_policy == "none":
         return limit
-    row = await _one(conn, sql_of(q.ACTIVE_LEASES), base)
-    active = int(row[0]) if row else 0
-    return min(limit, st.max_ack_pending - active)
+    return min(limit, st.max_ack_pending - st.active)
+
+
+async def _finish(
+    conn: psycopg.AsyncConnection[Any],
+    sql_of: q.Queries,
+    base: dict[str, Any],
+    cursor: int,
+    deliver: psycopg.AsyncCursor[Any] | None,
+) -> tuple[list[tuple[Any, ...]], float | None]:
+    """Queue the cursor move (and NEXT_DUE when nothing is delivered), COMMIT, then read."""
+    await conn.execute(sql_of(q.ADVANCE), {**base, "cursor": cursor})
+    due = None if deliver is not None else await conn.execute(sql_of(q.NEXT_DUE), base)
+    await conn.execute("COMMIT")
+    rows = await deliver.fetchall() if deliver is not None else []
+    if due is None:
+        return rows, None
+    found = await due.fetchone()
+    return rows, None if found is None or found[0] is None else max(float(found[0]), 0.0)
 
 
 async def _claim_locked(
@@ -128,17 +138,17 @@ async def _claim_locked(
         "position": st.position,
         "max_deliver": st.max_deliver,
     }
-    await conn.execute(sql_of(q.MARK_EXHAUSTED), base)
-    room = await _room(conn, sql_of, st, base, limit)
-    if room <= 0:
-        return Claim([], await _next_due(conn, sql_of, base))
-    due = await _ids(conn, sql_of(q.DUE_REDELIVERIES), {**base, "limit": room})
-    top = await _one(conn, sql_of(q.STREAM_MAX_ID), base)
-    stream_max = int(top[0]) if top else 0
     cursor = max(st.position, st.dispatched)
-    fresh = await _ids(
-        conn,
-        sql_of(q.FRESH_EVENTS),
+    room = _room(st, limit)
+    if room <= 0:
+        _, next_due = await _finish(conn, sql_of, base, cursor, None)
+        return Claim([], next_due)
+    if 0 < st.max_deliver < UNLIMITED_DELIVER:
+        await conn.execute(sql_of(q.MARK_EXHAUSTED), base)
+    # Planned with the actual values every time: a cached generic plan of the
+    # fresh-events scan (optional filter, moving cursor) was measured 50x slower.
+    cur = await conn.execute(
+        sql_of(q.PICK),
         {
             **base,
             "cursor": cursor,
@@ -146,8 +156,11 @@ async def _claim_locked(
             "max_age": st.max_age,
             "regex": filter_regex(st.filter_subject),
         },
-        custom=True,
+        prepare=False,
     )
+    picked = await cur.fetchall()
+    due = [int(i) for i, is_due in picked if is_due]
+    fresh = [int(i) for i, is_due in picked if not is_due]
     chosen = sorted(set(due) | set(fresh))[:room]
     taken = set(chosen)
     fresh_taken = [i for i in fresh if i in taken]
@@ -155,44 +168,23 @@ async def _claim_locked(
     if len(fresh) < room and len(fresh_taken) == len(fresh):
         # Scanned to the end: events of this stream commit in id order (publishers
         # hold the stream row lock), so nothing at or below stream_max can still appear.
-        new_cursor = max(new_cursor, stream_max)
-    deliveries = await _deliver(conn, sql_of, st, base, chosen) if chosen else []
-    row = await _one(conn, sql_of(q.ADVANCE), {**base, "cursor": new_cursor})
-    new_position = int(row[0]) if row else st.position
-    if new_position > st.position:
-        await conn.execute(sql_of(q.FORGET_SETTLED), {**base, "position": new_position})
-    if deliveries:
-        return Claim(deliveries, None)
-    return Claim([], await _next_due(conn, sql_of, {**base, "position": new_position}))
-
-
-async def _deliver(
-    conn: psycopg.AsyncConnection[Any],
-    sql_of: q.Queries,
-    st: ConsumerState,
-    base: dict[str, Any],
-    ids: list[int],
-) -> list[Delivery]:
-    cur = await conn.execute(
-        sql_of(q.DELIVER),
-        {
-            **base,
-            "ids": ids,
-            "backoff": st.backoff,
-            "ack_wait": st.ack_wait,
-            "state": "acked" if st.ack_policy == "none" else "pending",
-        },
-    )
-    return [to_delivery(base["stream"], base["consumer"], row) for row in await cur.fetchall()]
-
-
-async def _next_due(
-    conn: psycopg.AsyncConnection[Any], sql_of: q.Queries, base: dict[str, Any]
-) -> float | None:
-    row = await _one(conn, sql_of(q.NEXT_DUE), base)
-    if row is None or row[0] is None:
-        return None
-    return max(float(row[0]), 0.0)
+        new_cursor = max(new_cursor, st.stream_max)
+    deliver = None
+    if chosen:
+        deliver = await conn.execute(
+            sql_of(q.DELIVER),
+            {
+                **base,
+                "ids": chosen,
+                "backoff": st.backoff,
+                "ack_wait": st.ack_wait,
+                "state": "acked" if st.ack_policy == "none" else "pending",
+            },
+        )
+    rows, next_due = await _finish(conn, sql_of, base, new_cursor, deliver)
+    if rows:
+        return Claim([to_delivery(stream, consumer, row) for row in rows], None)
+    return Claim([], next_due)
 
 
 def to_delivery(stream: str, consumer: str, row: tuple[Any, ...]) -> Delivery:

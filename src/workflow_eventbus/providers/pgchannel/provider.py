@@ -501,8 +501,7 @@ class PgChannelProvider(Provider):
     async def _settle_group(self, params: dict[str, Any], action: AckAction) -> None:
         stream, consumer = params["stream"], params["consumer"]
         if action in (AckAction.ACK, AckAction.TERM):
-            template = q.ACK
-            params["state"] = "acked" if action == AckAction.ACK else "termed"
+            template = q.ACK if action == AckAction.ACK else q.TERM
             params["is_ack"] = action == AckAction.ACK
         else:
             template = q.NAK if action == AckAction.NAK else q.IN_PROGRESS
