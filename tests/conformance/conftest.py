@@ -16,6 +16,32 @@ import pytest_asyncio
 from harness import KINDS, Harness, factory
 
 
+def _features(kind: str) -> frozenset[str]:
+    from workflow_eventbus.providers.memory import MemoryProvider
+    from workflow_eventbus.providers.nats import NatsProvider
+    from workflow_eventbus.providers.pgchannel import PgChannelProvider
+
+    classes = {"nats": NatsProvider, "pgchannel": PgChannelProvider, "memory": MemoryProvider}
+    return frozenset(f.value for f in classes[kind].features)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked ``needs(feature)`` is not collected for a provider that declares
+    it lacks that feature (the in-memory double has no broker to restart)."""
+    kept, dropped = [], []
+    for item in items:
+        marker = item.get_closest_marker("needs")
+        callspec = getattr(item, "callspec", None)
+        kind = callspec.params.get("kind") if callspec else None
+        if marker and kind and marker.args[0] not in _features(kind):
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 async def _harness(kind: str, url: str, schema: str, restart: Any = None) -> Harness:
     make = factory(kind, url, schema)
     provider = make()

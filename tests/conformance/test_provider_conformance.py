@@ -278,6 +278,7 @@ async def test_consumer_immutable_settings_conflict(bus: Harness) -> None:
         await bus.consumer(stream, name=durable, deliver_policy=pb.DELIVER_POLICY_NEW)
 
 
+@pytest.mark.needs("restart")
 async def test_broker_restart_mid_run(restartable_bus: Harness) -> None:
     bus = restartable_bus
     _need(bus, Feature.RESTART)
