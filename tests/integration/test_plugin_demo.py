@@ -18,3 +18,28 @@ def test_demo_delivers_and_acks_every_event() -> None:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["published"] == result["delivered"] == result["acked"] == 400
     assert result["msg_per_s"] > 0 and 0 < result["p50_ms"] <= result["p99_ms"]
+
+
+def test_demo_runs_on_pgchannel(pg_dsn: str) -> None:
+    """The same main job with `--provider pgchannel`: no NATS anywhere."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workflow_eventbus.cli.main",
+            "demo",
+            "--provider",
+            "pgchannel",
+            "--dsn",
+            pg_dsn,
+            "--count",
+            "300",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["published"] == result["delivered"] == result["acked"] == 300
