@@ -160,11 +160,9 @@ class SubscribeTrigger:
         max_in_flight = cfg.max_in_flight or DEFAULT_MAX_IN_FLIGHT
         return SubscribeOptions(
             max_in_flight=max_in_flight,
-            # Unset: one window of max_in_flight per fetch. Refilling only the free
-            # slots meant one fetch per finished handler at steady state (measured:
-            # ~100 us of plugin CPU per message at max_in_flight 16); the extra
-            # messages are held, kept alive and nak'd on stop like any fetched one.
-            fetch_batch=cfg.fetch_batch or max_in_flight,
+            # Unset: the subscriber sizes each fetch (a window of max_in_flight while
+            # there is a backlog, else the free slots).
+            fetch_batch=cfg.fetch_batch,
             backoff=backoff,
             max_deliver=cfg.max_deliver,
             dead_letter_subject=cfg.dead_letter_subject

@@ -50,6 +50,7 @@ from .errors import (
     translate,
 )
 from .options import PING_INTERVAL, RECONNECT_WAIT, auth_options
+from .pull import PullInbox
 from .wire import ack_body, check_token, delivery, header_size
 
 REQUEST_TIMEOUT = 5.0  # JetStream API and publish acknowledgement
@@ -61,7 +62,7 @@ MAX_ASYNC_PENDING = 4000  # publish_many: unacknowledged publishes in flight
 class _Pull:
     """One reusable pull subscription bound to a durable consumer."""
 
-    sub: JetStreamContext.PullSubscription
+    inbox: PullInbox
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -182,9 +183,13 @@ class NatsProvider(Provider):
     async def close(self) -> None:
         nc, self._nc = self._nc, None
         self._js = self._jsm = None
+        pulls = list(self._pulls.values())
         self._pulls.clear()
+        for pull in pulls:
+            await pull.inbox.close()
+        # Acks already reported as done must reach the server before the socket goes.
+        await self._acks.close(nc)
         self._up.clear()
-        await self._acks.close()
         if nc is not None:
             await _discard(nc)
 
@@ -392,7 +397,7 @@ class NatsProvider(Provider):
                 raise
             except Exception as exc:  # broken subscription or transient JetStream error
                 last = exc
-                self._pulls.pop((stream, consumer), None)
+                await self._drop_pull(stream, consumer)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise self._fail(last, action)
@@ -420,9 +425,7 @@ class NatsProvider(Provider):
             return []  # another fetch on this consumer used the whole wait
         try:
             wait = max(deadline - loop.time(), MIN_FETCH_WAIT)
-            msgs = await pull.sub.fetch(count, timeout=wait)
-        except TimeoutError:  # nats TimeoutError included: nothing arrived
-            return []
+            msgs = await pull.inbox.fetch(count, wait)
         except js_errors.APIError as exc:
             if exc.code in (404, 409) and not isinstance(exc, js_errors.ServiceUnavailableError):
                 await self._check_consumer(stream, consumer)
@@ -440,10 +443,16 @@ class NatsProvider(Provider):
             pull = self._pulls.get(key)
             if pull is None:
                 await self._check_consumer(stream, consumer)
-                _, js, _ = self._client("fetch")
-                sub = await js.pull_subscribe_bind(consumer, stream)
-                pull = self._pulls[key] = _Pull(sub)
+                nc, js, _ = self._client("fetch")
+                inbox = PullInbox(nc, stream, consumer, getattr(js, "_prefix", "$JS.API"))
+                await inbox.open()
+                pull = self._pulls[key] = _Pull(inbox)
         return pull
+
+    async def _drop_pull(self, stream: str, consumer: str) -> None:
+        pull = self._pulls.pop((stream, consumer), None)
+        if pull is not None:
+            await pull.inbox.close()
 
     async def _check_consumer(self, stream: str, consumer: str) -> None:
         action = f'fetch from consumer "{consumer}" on stream "{stream}"'
@@ -451,7 +460,7 @@ class NatsProvider(Provider):
         try:
             await jsm.consumer_info(stream, consumer)
         except js_errors.NotFoundError as exc:
-            self._pulls.pop((stream, consumer), None)
+            await self._drop_pull(stream, consumer)
             if exc.err_code == STREAM_NOT_FOUND:
                 raise stream_missing(stream, action) from exc
             if exc.err_code == CONSUMER_NOT_FOUND or exc.err_code is None:
@@ -478,6 +487,14 @@ class NatsProvider(Provider):
             self._acks.sent(tokens, body)
         except Exception as exc:
             raise self._fail(exc, f"{action.name.lower()} {len(tokens)} message(s)") from exc
+
+    async def confirm(self) -> None:
+        """Wait until the server has every ack settled so far (one PING/PONG)."""
+        nc, _, _ = self._client("ack")
+        try:
+            await nc.flush(timeout=self.request_timeout)  # type: ignore[arg-type]
+        except Exception as exc:
+            raise self._fail(exc, "confirm acks") from exc
 
     async def pending(self, stream: str, consumer: str) -> tuple[int, int]:
         action = f'consumer info "{consumer}" on stream "{stream}"'
