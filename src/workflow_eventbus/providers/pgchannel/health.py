@@ -28,8 +28,11 @@ class RecentUseCheck:
         """Record that ``conn`` just completed its work."""
         self._last[conn] = time.monotonic()
 
-    async def __call__(self, conn: Any) -> None:
+    def is_fresh(self, conn: Any) -> bool:
+        """Used within ``fresh`` seconds and not known broken: safe to hand out unchecked."""
         last = self._last.get(conn)
-        if last is not None and time.monotonic() - last < self.fresh and not conn.broken:
-            return
-        await AsyncConnectionPool.check_connection(conn)
+        return last is not None and time.monotonic() - last < self.fresh and not conn.broken
+
+    async def __call__(self, conn: Any) -> None:
+        if not self.is_fresh(conn):
+            await AsyncConnectionPool.check_connection(conn)

@@ -11,6 +11,7 @@ re-established after ``retry_interval``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 
@@ -24,6 +25,7 @@ _SAFE_CHANNEL = re.compile(r"[a-z0-9_]{1,63}")
 _NOTIFY_SLICE = 0.5  # how long one notifies() pass runs before new channels are LISTENed
 
 
+@functools.lru_cache(maxsize=1024)
 def channel_name(stream: str) -> str:
     """The Go plugin's NOTIFY channel of a stream: ``eventbus_`` + lower-case name."""
     channel = CHANNEL_PREFIX + stream.lower()
