@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from google.protobuf.message import Message
 
@@ -75,10 +75,16 @@ class Module(abc.ABC):
                     self.initialized = False
 
     @abc.abstractmethod
-    def _register(self) -> None: ...
+    def _registry(self) -> dict[str, Any]:
+        """The EventBus registry this kind of module is listed in."""
 
-    @abc.abstractmethod
-    def _unregister(self) -> None: ...
+    def _register(self) -> None:
+        self._registry()[self.name] = self
+
+    def _unregister(self) -> None:
+        registry = self._registry()
+        if registry.get(self.name) is self:
+            del registry[self.name]
 
     @abc.abstractmethod
     async def _start(self) -> None: ...
@@ -115,13 +121,12 @@ class BrokerModule(Module):
             )
         return f"{self} (provider={self.config.provider}): runtime not initialized; start the module first"
 
+    def _registry(self) -> dict[str, Any]:
+        return self.bus.brokers
+
     def _register(self) -> None:
         self.url = self.config.dsn or env_url(self.name, self.config.provider, self.bus.environ)
-        self.bus.brokers[self.name] = self
-
-    def _unregister(self) -> None:
-        if self.bus.brokers.get(self.name) is self:
-            del self.bus.brokers[self.name]
+        super()._register()
 
     async def _start(self) -> None:
         provider = self.config.provider
@@ -155,12 +160,8 @@ class StreamModule(Module):
         validate_stream(name, config)
         self.config = config
 
-    def _register(self) -> None:
-        self.bus.streams[self.name] = self
-
-    def _unregister(self) -> None:
-        if self.bus.streams.get(self.name) is self:
-            del self.bus.streams[self.name]
+    def _registry(self) -> dict[str, Any]:
+        return self.bus.streams
 
     async def _start(self) -> None:
         provider = await self.bus.started_provider(self.config.broker_ref, who=str(self))
@@ -176,12 +177,8 @@ class ConsumerModule(Module):
         validate_consumer(name, config)
         self.config = config
 
-    def _register(self) -> None:
-        self.bus.consumers[self.name] = self
-
-    def _unregister(self) -> None:
-        if self.bus.consumers.get(self.name) is self:
-            del self.bus.consumers[self.name]
+    def _registry(self) -> dict[str, Any]:
+        return self.bus.consumers
 
     async def _start(self) -> None:
         for stream in list(self.bus.streams.values()):
