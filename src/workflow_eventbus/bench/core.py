@@ -53,6 +53,30 @@ class Budget:
 Runner = Callable[[int, float], Awaitable[Sample]]
 
 
+async def timed(
+    limit: int,
+    seconds: float,
+    op: Callable[[], Awaitable[int]],
+    *,
+    stop_when_empty: bool = False,
+) -> Sample:
+    """Run ``op`` until ``limit`` messages or ``seconds`` pass; one latency per call.
+
+    ``op`` returns how many messages the call handled; with ``stop_when_empty`` a
+    call that handled none ends the sample (nothing left to consume)."""
+    lat: list[float] = []
+    budget = Budget(limit, seconds)
+    done = 0
+    while budget.more(done):
+        began = clock()
+        handled = await op()
+        lat.append(clock() - began)
+        if not handled and stop_when_empty:
+            break
+        done += handled
+    return budget.sample(done, lat)
+
+
 @dataclass(slots=True)
 class Scenario:
     name: str

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from .._proto import eventbus_pb2 as pb
 from ..providers.base import OutboundMessage
-from .core import PAYLOAD, Budget, Sample, clock
+from .core import PAYLOAD, Sample, timed
 from .env import PUB_STREAM, PUB_SUBJECT, RAW_FETCH, RAW_TRIGGER, BenchEnv
 
 BATCH = 100  # messages per publish batch and per consume batch
@@ -21,58 +21,45 @@ class NatsPaths:
     async def raw_publish(self, limit: int, seconds: float) -> Sample:
         await self.env.purge(PUB_STREAM)
         js = self.env.js
-        lat: list[float] = []
-        budget = Budget(limit, seconds)
-        done = 0
-        while budget.more(done):
-            began = clock()
+
+        async def one() -> int:
             await js.publish(PUB_SUBJECT, PAYLOAD)
-            lat.append(clock() - began)
-            done += 1
-        return budget.sample(done, lat)
+            return 1
+
+        return await timed(limit, seconds, one)
 
     async def lib_publish(self, limit: int, seconds: float) -> Sample:
         await self.env.purge(PUB_STREAM)
         provider = self.env.bus.provider()
-        lat: list[float] = []
-        budget = Budget(limit, seconds)
-        done = 0
-        while budget.more(done):
-            began = clock()
+
+        async def one() -> int:
             await provider.publish(OutboundMessage(PUB_SUBJECT, PAYLOAD))
-            lat.append(clock() - began)
-            done += 1
-        return budget.sample(done, lat)
+            return 1
+
+        return await timed(limit, seconds, one)
 
     # -- publish, pipelined batches ------------------------------------------------
     async def raw_publish_async(self, limit: int, seconds: float) -> Sample:
         await self.env.purge(PUB_STREAM)
         js = self.env.js
-        lat: list[float] = []
-        budget = Budget(limit, seconds)
-        done = 0
-        while budget.more(done):
-            began = clock()
+
+        async def batch() -> int:
             futures = [await js.publish_async(PUB_SUBJECT, PAYLOAD) for _ in range(BATCH)]
             await asyncio.gather(*futures)
-            lat.append(clock() - began)
-            done += BATCH
-        return budget.sample(done, lat)
+            return BATCH
+
+        return await timed(limit, seconds, batch)
 
     async def lib_publish_many(self, limit: int, seconds: float) -> Sample:
         await self.env.purge(PUB_STREAM)
         provider = self.env.bus.provider()
-        lat: list[float] = []
-        budget = Budget(limit, seconds)
-        done = 0
-        while budget.more(done):
-            began = clock()
-            batch = [OutboundMessage(PUB_SUBJECT, PAYLOAD) for _ in range(BATCH)]
-            results = await provider.publish_many(batch)
-            lat.append(clock() - began)
-            _raise_first(results)
-            done += BATCH
-        return budget.sample(done, lat)
+
+        async def batch() -> int:
+            msgs = [OutboundMessage(PUB_SUBJECT, PAYLOAD) for _ in range(BATCH)]
+            _raise_first(await provider.publish_many(msgs))
+            return BATCH
+
+        return await timed(limit, seconds, batch)
 
     # -- raw baselines of the plugin paths -----------------------------------------
     async def raw_publish_echo(self, limit: int, seconds: float) -> Sample:
@@ -80,16 +67,13 @@ class NatsPaths:
         await self.env.purge(PUB_STREAM)
         js, echo = self.env.js, self.env.echo.publish
         request = pb.PublishRequest(payload=PAYLOAD)
-        lat: list[float] = []
-        budget = Budget(limit, seconds)
-        done = 0
-        while budget.more(done):
-            began = clock()
+
+        async def one() -> int:
             await echo(request)
             await js.publish(PUB_SUBJECT, PAYLOAD)
-            lat.append(clock() - began)
-            done += 1
-        return budget.sample(done, lat)
+            return 1
+
+        return await timed(limit, seconds, one)
 
     async def raw_fetch_ack(self, limit: int, seconds: float) -> Sample:
         """``fetch(100)`` then ``ack()`` of each message (fire and forget, as nats-py does)."""
@@ -97,18 +81,15 @@ class NatsPaths:
         await self.env.purge(stream)
         await self.env.fill(subject, limit)
         sub = await self.env.js.pull_subscribe_bind(durable, stream)
+
+        async def batch() -> int:
+            msgs = await sub.fetch(BATCH, timeout=5)
+            for msg in msgs:
+                await msg.ack()
+            return len(msgs)
+
         try:
-            lat: list[float] = []
-            budget = Budget(limit, seconds)
-            done = 0
-            while budget.more(done):
-                began = clock()
-                msgs = await sub.fetch(BATCH, timeout=5)
-                for msg in msgs:
-                    await msg.ack()
-                lat.append(clock() - began)
-                done += len(msgs)
-            sample = budget.sample(done, lat)
+            sample = await timed(limit, seconds, batch)
             await self.env.nc.flush()  # type: ignore[union-attr]
         finally:
             await sub.unsubscribe()
@@ -121,21 +102,16 @@ class NatsPaths:
         await self.env.fill(subject, limit)
         sub = await self.env.js.pull_subscribe_bind(durable, stream)
         echo = self.env.echo.message
+
+        async def one() -> int:
+            msgs = await sub.fetch(1, timeout=5)
+            for msg in msgs:
+                await echo(pb.Message(subject=msg.subject, payload=msg.data, ack_token=msg.reply))
+                await msg.ack()
+            return len(msgs)
+
         try:
-            lat: list[float] = []
-            budget = Budget(limit, seconds)
-            done = 0
-            while budget.more(done):
-                began = clock()
-                msgs = await sub.fetch(1, timeout=5)
-                for msg in msgs:
-                    await echo(
-                        pb.Message(subject=msg.subject, payload=msg.data, ack_token=msg.reply)
-                    )
-                    await msg.ack()
-                lat.append(clock() - began)
-                done += len(msgs)
-            sample = budget.sample(done, lat)
+            sample = await timed(limit, seconds, one)
             await self.env.nc.flush()  # type: ignore[union-attr]
         finally:
             await sub.unsubscribe()

@@ -12,7 +12,7 @@ from .._proto import eventbus_pb2 as pb
 from ..pg_server import PgServer
 from ..providers.base import AckAction, OutboundMessage, Provider
 from ..runtime import EventBus
-from .core import PAYLOAD, Budget, Outcome, Sample, Scenario, clock
+from .core import PAYLOAD, Outcome, Sample, Scenario, timed
 from .runner import Group, Settings, run_groups
 
 STREAM, SUBJECT, CONSUMER = "bench_pg", "benchpg.orders", "bench-pg-c"
@@ -54,28 +54,22 @@ class PgPaths:
         """One row per commit: INSERT ... RETURNING id plus pg_notify, autocommit."""
         conn = self.conn
         headers = Jsonb({})
-        lat: list[float] = []
-        budget = Budget(limit, seconds)
-        done = 0
-        while budget.more(done):
-            began = clock()
+
+        async def one() -> int:
             cur = await conn.execute(RAW_INSERT, (SUBJECT, headers, PAYLOAD))
             await cur.fetchone()
-            lat.append(clock() - began)
-            done += 1
-        return budget.sample(done, lat)
+            return 1
+
+        return await timed(limit, seconds, one)
 
     async def pgchannel_publish(self, limit: int, seconds: float) -> Sample:
         provider = self.provider
-        lat: list[float] = []
-        budget = Budget(limit, seconds)
-        done = 0
-        while budget.more(done):
-            began = clock()
+
+        async def one() -> int:
             await provider.publish(OutboundMessage(SUBJECT, PAYLOAD))
-            lat.append(clock() - began)
-            done += 1
-        return budget.sample(done, lat)
+            return 1
+
+        return await timed(limit, seconds, one)
 
     async def raw_claim(self, limit: int, seconds: float) -> Sample:
         """SKIP LOCKED claim of 100 rows per statement (one commit per batch)."""
@@ -86,18 +80,12 @@ class PgPaths:
             await cur.executemany(
                 "INSERT INTO bench_raw.events (subject, headers, payload) VALUES (%s, %s, %s)", rows
             )
-        lat: list[float] = []
-        budget = Budget(limit, seconds)
-        done = 0
-        while budget.more(done):
-            began = clock()
+
+        async def claim() -> int:
             cur = await conn.execute(RAW_CLAIM, (BATCH,))
-            got = await cur.fetchall()
-            lat.append(clock() - began)
-            if not got:
-                break
-            done += len(got)
-        return budget.sample(done, lat)
+            return len(await cur.fetchall())
+
+        return await timed(limit, seconds, claim, stop_when_empty=True)
 
     async def pgchannel_consume_ack(self, limit: int, seconds: float) -> Sample:
         """Provider.fetch(100) then settle(ACK) of the 100 tokens."""
@@ -105,19 +93,14 @@ class PgPaths:
         for start in range(0, limit, FILL_CHUNK):
             msgs = [OutboundMessage(SUBJECT, PAYLOAD)] * min(FILL_CHUNK, limit - start)
             await provider.publish_many(msgs)
-        lat: list[float] = []
-        budget = Budget(limit, seconds)
-        done = 0
-        while budget.more(done):
-            began = clock()
+
+        async def batch() -> int:
             got = await provider.fetch(STREAM, CONSUMER, BATCH, 1.0)
             if got:
                 await provider.settle([d.ack_token for d in got], AckAction.ACK)
-            lat.append(clock() - began)
-            if not got:
-                break
-            done += len(got)
-        return budget.sample(done, lat)
+            return len(got)
+
+        return await timed(limit, seconds, batch, stop_when_empty=True)
 
 
 def pg_groups(paths: PgPaths) -> list[Group]:

@@ -11,7 +11,7 @@ from google.protobuf import duration_pb2
 from .._proto import eventbus_pb2 as pb
 from ..errors import ProviderError
 from ..names import SUBSCRIBE
-from .core import PAYLOAD, Budget, Sample, clock
+from .core import PAYLOAD, Sample, timed
 from .env import PUB_STREAM, PUB_SUBJECT, STEP_FETCH, TRIGGER_1, TRIGGER_16, BenchEnv
 from .nats_paths import BATCH
 
@@ -36,17 +36,14 @@ class PluginPaths:
         handle = await self._step("step.eventbus.publish", "bench-pub", {"subject": PUB_SUBJECT})
         await self.env.purge(PUB_STREAM)
         request = pb.PublishRequest(payload=PAYLOAD)
-        lat: list[float] = []
-        budget = Budget(limit, seconds)
-        done = 0
-        while budget.more(done):
-            began = clock()
+
+        async def one() -> int:
             answer = await host.execute_step(handle, request)
-            lat.append(clock() - began)
             if answer.error:
                 raise ProviderError(f"bench: publish step failed: {answer.error}")
-            done += 1
-        return budget.sample(done, lat)
+            return 1
+
+        return await timed(limit, seconds, one)
 
     async def step_consume_ack(self, limit: int, seconds: float) -> Sample:
         """ExecuteStep(consume, batch 100) then ExecuteStep(ack, the 100 tokens)."""
@@ -59,18 +56,15 @@ class PluginPaths:
         await self.env.purge(stream)
         await self.env.fill(subject, limit)
         wait = pb.ConsumeRequest(max_wait=duration_pb2.Duration(seconds=5))
-        lat: list[float] = []
-        budget = Budget(limit, seconds)
-        done = 0
-        while budget.more(done):
-            began = clock()
+
+        async def batch() -> int:
             got = await host.run_step(take, wait, pb.ConsumeResponse)
             tokens = [m.ack_token for m in got.messages]
             if tokens:
                 await host.run_step(ack, pb.AckRequest(ack_tokens=tokens), pb.AckResponse)
-            lat.append(clock() - began)
-            done += len(tokens)
-        return budget.sample(done, lat)
+            return len(tokens)
+
+        return await timed(limit, seconds, batch)
 
     async def trigger(self, max_in_flight: int, limit: int, seconds: float) -> Sample:
         """publish -> fetch -> TriggerWorkflow -> ack, timed from StartModule to the last call.
