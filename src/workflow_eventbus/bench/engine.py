@@ -13,10 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from google.protobuf import empty_pb2
 
 from .._proto import plugin_pb2 as ppb
-from .._proto import plugin_pb2_grpc as pgrpc
+from ..host.callback_server import CallbackServer, EngineCallbacks
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
@@ -54,55 +53,14 @@ class TriggerSink:
         await self._reached.wait()
 
 
-class _Service(pgrpc.EngineCallbackServiceServicer):
-    def __init__(self, sink: TriggerSink) -> None:
-        self._sink = sink
+def engine_stand_in(sink: TriggerSink) -> CallbackServer:
+    """The harness's callback server whose TriggerWorkflow only counts the call."""
 
-    async def TriggerWorkflow(  # noqa: N802
-        self, request: ppb.TriggerWorkflowRequest, context: Ctx
-    ) -> ppb.ErrorResponse:
-        self._sink.record()
-        return ppb.ErrorResponse()
+    class _Counting(EngineCallbacks):
+        async def TriggerWorkflow(  # noqa: N802
+            self, request: ppb.TriggerWorkflowRequest, context: Ctx
+        ) -> ppb.ErrorResponse:
+            sink.record()
+            return ppb.ErrorResponse()
 
-    async def Log(self, request: ppb.LogRequest, context: Ctx) -> empty_pb2.Empty:  # noqa: N802
-        return empty_pb2.Empty()
-
-    async def GetService(  # noqa: N802
-        self, request: ppb.GetServiceRequest, context: Ctx
-    ) -> ppb.GetServiceResponse:
-        return ppb.GetServiceResponse(found=False)
-
-    async def PublishMessage(  # noqa: N802
-        self, request: ppb.PublishMessageRequest, context: Ctx
-    ) -> ppb.PublishMessageResponse:
-        return ppb.PublishMessageResponse(error="not available in the bench engine")
-
-    async def Subscribe(self, request: ppb.SubscribeRequest, context: Ctx) -> ppb.ErrorResponse:  # noqa: N802
-        return ppb.ErrorResponse(error="not available in the bench engine")
-
-    async def Unsubscribe(  # noqa: N802
-        self, request: ppb.UnsubscribeRequest, context: Ctx
-    ) -> ppb.ErrorResponse:
-        return ppb.ErrorResponse(error="not available in the bench engine")
-
-
-class EngineStandIn:
-    """Drop-in for the harness's CallbackServer (same start/stop/address)."""
-
-    def __init__(self, sink: TriggerSink) -> None:
-        self.sink = sink
-        self.address = ""
-        self._server: grpc.aio.Server | None = None
-
-    async def start(self, path: str) -> None:
-        server = grpc.aio.server()
-        pgrpc.add_EngineCallbackServiceServicer_to_server(_Service(self.sink), server)
-        server.add_insecure_port(f"unix:{path}")
-        await server.start()
-        self._server = server
-        self.address = path
-
-    async def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            await server.stop(0.2)
+    return CallbackServer(service=_Counting)

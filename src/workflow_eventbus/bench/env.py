@@ -18,7 +18,7 @@ from ..plugin.transport import LOOP_ENV
 from ..runtime import EventBus
 from .core import PAYLOAD
 from .echo import EchoServer
-from .engine import EngineStandIn, TriggerSink
+from .engine import TriggerSink, engine_stand_in
 
 # One stream per path so no scenario sees another's messages.
 PUB_STREAM, PUB_SUBJECT = "BENCH_PUB", "bench.pub"
@@ -108,7 +108,7 @@ class BenchEnv:
             return self.host
         self.sink = TriggerSink()
         host = PluginHost(env=plugin_environment(self.plugin_loop))
-        host.callback_server = EngineStandIn(self.sink)  # type: ignore[assignment]
+        host.callback_server = engine_stand_in(self.sink)
         await host.start()
         self.host = host
         handles = self.plugin_handles

@@ -37,7 +37,9 @@ async def _accept(call: TriggerCall) -> str:
     return ""
 
 
-class _Service(pgrpc.EngineCallbackServiceServicer):
+class EngineCallbacks(pgrpc.EngineCallbackServiceServicer):
+    """The engine's callback service; subclasses may answer TriggerWorkflow differently."""
+
     def __init__(self, owner: CallbackServer) -> None:
         self._owner = owner
 
@@ -79,15 +81,20 @@ class _Service(pgrpc.EngineCallbackServiceServicer):
 class CallbackServer:
     """A grpc.aio server on a unix socket with only EngineCallbackService."""
 
-    def __init__(self, handler: TriggerHandler | None = None) -> None:
+    def __init__(
+        self,
+        handler: TriggerHandler | None = None,
+        service: Callable[[CallbackServer], EngineCallbacks] = EngineCallbacks,
+    ) -> None:
         self.handler: TriggerHandler = handler or _accept
+        self._service = service
         self.address = ""
         self.calls = 0
         self._server: grpc.aio.Server | None = None
 
     async def start(self, path: str) -> None:
         server = grpc.aio.server()
-        pgrpc.add_EngineCallbackServiceServicer_to_server(_Service(self), server)
+        pgrpc.add_EngineCallbackServiceServicer_to_server(self._service(self), server)
         server.add_insecure_port(f"unix:{path}")
         await server.start()
         self._server = server
