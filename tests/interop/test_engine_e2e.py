@@ -97,9 +97,8 @@ def _http_payloads(count: int) -> list[bytes]:
     return out
 
 
-async def test_http_events_yield_exactly_one_derived_event_each(
-    make_engine: MakeEngine, bus_url: str, js: JetStreamContext
-) -> None:
+async def _start_orders_app(make_engine: MakeEngine, bus_url: str) -> tuple[EngineServer, int]:
+    """cmd/server running interop/apps/orders.yaml, plugin loaded, HTTP port open."""
     port = free_port()
     engine = make_engine(
         APPS / "orders.yaml",
@@ -108,6 +107,13 @@ async def test_http_events_yield_exactly_one_derived_event_each(
     engine.start()
     await engine.wait_plugin_loaded()
     await engine.wait_listening(port)
+    return engine, port
+
+
+async def test_http_events_yield_exactly_one_derived_event_each(
+    make_engine: MakeEngine, bus_url: str, js: JetStreamContext
+) -> None:
+    engine, port = await _start_orders_app(make_engine, bus_url)
 
     payloads = _http_payloads(40)
     url = f"http://127.0.0.1:{port}/orders"
@@ -194,14 +200,7 @@ async def test_go_plugin_config_shapes_run_unchanged(
 async def test_stopping_the_engine_leaves_no_plugin_process(
     make_engine: MakeEngine, bus_url: str
 ) -> None:
-    port = free_port()
-    engine = make_engine(
-        APPS / "orders.yaml",
-        {"EVENTBUS_NATS_URL": bus_url, "EVENTBUS_HTTP_ADDR": f"127.0.0.1:{port}"},
-    )
-    engine.start()
-    await engine.wait_plugin_loaded()
-    await engine.wait_listening(port)
+    engine, _port = await _start_orders_app(make_engine, bus_url)
     assert engine.plugin_pids
 
     assert await engine.stop() == 0
@@ -214,14 +213,7 @@ async def test_killing_the_engine_leaves_no_plugin_process(
 ) -> None:
     # SIGKILL: no StopModule, no plugin shutdown call. The plugin must notice
     # that its engine is gone and exit by itself.
-    port = free_port()
-    engine = make_engine(
-        APPS / "orders.yaml",
-        {"EVENTBUS_NATS_URL": bus_url, "EVENTBUS_HTTP_ADDR": f"127.0.0.1:{port}"},
-    )
-    engine.start()
-    await engine.wait_plugin_loaded()
-    await engine.wait_listening(port)
+    engine, _port = await _start_orders_app(make_engine, bus_url)
     pids = list(engine.plugin_pids)
 
     engine.kill()
