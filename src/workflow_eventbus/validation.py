@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 from ._proto import eventbus_pb2 as pb
 from .config import duration_seconds, parse_duration
@@ -206,6 +207,7 @@ def validate_consumer(name: str, cfg: pb.ConsumerConfig, *, kind: str = CONSUMER
             "is required with deliver_policy by_start_time",
             fix='set opt_start_time to an RFC 3339 time, e.g. "2026-01-01T00:00:00Z"',
         )
+    start_time(cfg, setting=f"{where}: opt_start_time")
     for field in ("max_ack_pending", "max_in_flight", "fetch_batch"):
         if getattr(cfg, field) < 0:
             raise ConfigError(
@@ -215,6 +217,22 @@ def validate_consumer(name: str, cfg: pb.ConsumerConfig, *, kind: str = CONSUMER
         validate_subject(
             cfg.dead_letter_subject, setting=f"{where}: dead_letter_subject", wildcards=False
         )
+
+
+def start_time(cfg: pb.ConsumerConfig, *, setting: str) -> datetime | None:
+    """``opt_start_time`` as an aware datetime (UTC when no offset is given), or None."""
+    if not cfg.opt_start_time:
+        return None
+    try:
+        moment = datetime.fromisoformat(cfg.opt_start_time)
+    except ValueError as exc:
+        raise ConfigError(
+            setting,
+            "not an RFC 3339 time",
+            value=cfg.opt_start_time,
+            fix='write it like "2026-01-01T00:00:00Z"',
+        ) from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def validate_subject(subject: str, *, setting: str, wildcards: bool) -> None:

@@ -252,3 +252,16 @@ def test_names_longer_than_jetstream_allows_are_refused():
         validate_stream("s", pb.StreamConfig(name="S" * 256, subjects=["a"]))
     with pytest.raises(ConfigError, match="at most 255"):
         validate_consumer("c", pb.ConsumerConfig(name="c" * 300, stream_name="S"))
+
+
+def test_opt_start_time_is_checked_when_the_config_is_read():
+    cfg = pb.ConsumerConfig(
+        name="w",
+        stream_name="S",
+        deliver_policy=pb.DELIVER_POLICY_BY_START_TIME,
+        opt_start_time="yesterday",
+    )
+    with pytest.raises(
+        ConfigError, match=r"opt_start_time: not an RFC 3339 time \(got 'yesterday'\)"
+    ):
+        validate_consumer("c", cfg)

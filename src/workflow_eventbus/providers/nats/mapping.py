@@ -17,7 +17,7 @@ from nats.js import api
 
 from ..._proto import eventbus_pb2 as pb
 from ...config import duration_seconds
-from ...errors import ConfigError
+from ...validation import start_time
 
 DEFAULT_ACK_WAIT = 30.0  # JetStream's default consumer ack wait
 DEFAULT_DUPLICATE_WINDOW = 120.0  # JetStream's default dedup window
@@ -137,21 +137,6 @@ def stream_differences(current: api.StreamConfig, desired: api.StreamConfig) -> 
 
 
 # -- consumers ----------------------------------------------------------------
-def _start_time(cfg: pb.ConsumerConfig, setting: str) -> datetime | None:
-    if not cfg.opt_start_time:
-        return None
-    try:
-        moment = datetime.fromisoformat(cfg.opt_start_time)
-    except ValueError as exc:
-        raise ConfigError(
-            f"{setting}.opt_start_time",
-            "not an RFC 3339 time",
-            value=cfg.opt_start_time,
-            fix='write it like "2026-01-01T00:00:00Z"',
-        ) from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def consumer_config(cfg: pb.ConsumerConfig, stream_ack_wait: float | None) -> api.ConsumerConfig:
     """JetStream config of the durable ``cfg.name``; ack_wait falls back to the stream's."""
     setting = f'consumer "{cfg.name}"'
@@ -167,7 +152,7 @@ def consumer_config(cfg: pb.ConsumerConfig, stream_ack_wait: float | None) -> ap
         filter_subject=cfg.filter_subject or None,
         deliver_policy=policy,
         opt_start_seq=cfg.opt_start_seq if by_seq else None,
-        opt_start_time=_start_time(cfg, setting) if by_time else None,
+        opt_start_time=start_time(cfg, setting=f"{setting}.opt_start_time") if by_time else None,
         ack_policy=_ACK[cfg.ack_policy],
         ack_wait=ack_wait,
         max_deliver=_limit(cfg.max_deliver),

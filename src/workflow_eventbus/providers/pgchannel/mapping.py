@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from ..._proto import eventbus_pb2 as pb
 from ...config import duration_seconds
 from ...errors import ConfigError, RequestError
 from ...names import CONSUMER, STREAM
+from ...validation import start_time as parse_start_time
 from ...validation import validate_pg_stream_name
 
 DEFAULT_ACK_WAIT = 30.0
@@ -89,18 +90,9 @@ def check_consumer_name(name: str, stream: str) -> None:
 
 
 def start_time(cfg: pb.ConsumerConfig) -> datetime | None:
-    if cfg.deliver_policy != pb.DELIVER_POLICY_BY_START_TIME or not cfg.opt_start_time:
+    if cfg.deliver_policy != pb.DELIVER_POLICY_BY_START_TIME:
         return None
-    try:
-        moment = datetime.fromisoformat(cfg.opt_start_time)
-    except ValueError as exc:
-        raise ConfigError(
-            f'{CONSUMER} "{cfg.name}": opt_start_time',
-            "not an RFC 3339 time",
-            value=cfg.opt_start_time,
-            fix='write it like "2026-01-01T00:00:00Z"',
-        ) from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return parse_start_time(cfg, setting=f'{CONSUMER} "{cfg.name}": opt_start_time')
 
 
 def consumer_row(cfg: pb.ConsumerConfig) -> dict[str, Any]:
