@@ -187,9 +187,7 @@ class AckStep(Step[pb.AckStepConfig, pb.AckRequest, pb.AckResponse]):
         delay = duration_seconds(cfg.delay) or duration_seconds(req.delay) or None
         provider = await self.bus.ready(cfg.broker_ref or req.broker_ref)
         await provider.settle(tokens, action, delay)
-        confirm = getattr(provider, "confirm", None)
-        if confirm is not None:  # the step answers once the broker has the acks
-            await confirm()
+        await provider.confirm()  # the step answers once the broker has the acks
         return pb.AckResponse(count=len(tokens))
 
 

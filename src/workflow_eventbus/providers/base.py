@@ -192,6 +192,14 @@ class Provider(abc.ABC):
     ) -> None:
         """Ack, nak (optionally after ``delay`` seconds), term or mark in progress."""
 
+    async def confirm(self) -> None:
+        """Return once every settle so far has reached the broker.
+
+        ``settle`` may hand acks to the connection without waiting (NATS); callers
+        that answer someone after settling (the ack step) call this first. Providers
+        whose ``settle`` already waits need nothing here."""
+        return None
+
     async def pending(self, stream: str, consumer: str) -> tuple[int, int]:
         """(messages not yet delivered, delivered but unacknowledged) for diagnostics."""
         raise NotImplementedError(f"{self.name}: pending() is not supported")
