@@ -87,7 +87,7 @@ async def test_go_reference_database_migrates_forward_without_loss(
     await provider.connect(10)
     try:
         async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
-            assert await applied_versions(conn, pg_schema) == [1, 2]
+            assert await applied_versions(conn, pg_schema) == [1, 2, 3]
             cur = await conn.execute(
                 sql.SQL("SELECT count(*) FROM {}").format(
                     sql.Identifier(pg_schema, "eventbus_events")
@@ -142,9 +142,10 @@ async def test_migrate_cli_up_status_down(
         return argparse.Namespace(**{**base, **kw})
 
     assert await asyncio.to_thread(cli.run, ns()) == 0
-    assert "applied 0002" in capsys.readouterr().out
-    assert await asyncio.to_thread(cli.run, ns(down=1)) == 0
-    assert "reverted 0002" in capsys.readouterr().out
+    assert "applied 0003" in capsys.readouterr().out
+    assert await asyncio.to_thread(cli.run, ns(down=2)) == 0
+    out = capsys.readouterr().out
+    assert "reverted 0003" in out and "reverted 0002" in out
     async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
         assert await applied_versions(conn, pg_schema) == [1]
     assert await asyncio.to_thread(cli.run, ns(status=True)) == 0
@@ -153,4 +154,4 @@ async def test_migrate_cli_up_status_down(
     assert "--schema" in capsys.readouterr().err
     assert await asyncio.to_thread(cli.run, ns()) == 0
     async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
-        assert await applied_versions(conn, pg_schema) == [1, 2]
+        assert await applied_versions(conn, pg_schema) == [1, 2, 3]

@@ -29,6 +29,7 @@ from workflow_eventbus.providers.base import (
     OutboundMessage,
 )
 from workflow_eventbus.providers.pgchannel import PgChannelProvider, consumer_lock_key
+from workflow_eventbus.providers.pgchannel import queries as q
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.postgres]
 
@@ -160,6 +161,43 @@ async def test_workqueue_deletes_on_ack_and_interest_on_sweep(
     await pg.fetch(interest, b, 1, 0)
     await pg.enforce_limits()
     assert await _count(pg_dsn, pg.schema, interest) == 0
+
+
+async def test_sweep_forgets_leases_of_purged_events(pg: PgChannelProvider) -> None:
+    stream, root = await _stream(pg, max_msgs=1)
+    durable = await _consumer(pg, stream)
+    for i in range(3):
+        await pg.publish(OutboundMessage(f"{root}.a", str(i).encode()))
+    got = await pg.fetch(stream, durable, 10, 2.0)
+    assert await pg.pending(stream, durable) == (0, 3)
+    await pg.enforce_limits()  # purges the first two, leased or not
+    assert await pg.pending(stream, durable) == (0, 1)
+    await pg.settle([got[2].ack_token], AckAction.ACK)
+    await pg.fetch(stream, durable, 1, 0)
+    assert await pg.pending(stream, durable) == (0, 0)
+
+
+async def test_a_publish_in_flight_holds_back_later_ones(
+    pg: PgChannelProvider, pg_dsn: str
+) -> None:
+    """Ids of a stream become visible in id order, so a consumer cursor skips none."""
+    stream, root = await _stream(pg)
+    _, other_root = await _stream(pg)
+    durable = await _consumer(pg, stream)
+    info = await pg._stream_for(f"{root}.a")
+    params = pg._publish_params(OutboundMessage(f"{root}.a", b"first"), info)
+    async with await psycopg.AsyncConnection.connect(pg_dsn) as slow:
+        await slow.execute(pg.sql(q.PUBLISH), params)  # id drawn, transaction still open
+        later = asyncio.create_task(pg.publish(OutboundMessage(f"{root}.a", b"second")))
+        done, _ = await asyncio.wait({later}, timeout=0.5)
+        assert not done  # waits for the stream's publish lock
+        assert await pg.fetch(stream, durable, 10, 0.2) == []
+        # Publishers of another stream do not wait.
+        await asyncio.wait_for(pg.publish(OutboundMessage(f"{other_root}.a", b"x")), 2.0)
+        await slow.commit()
+    await later
+    got = await pg.fetch(stream, durable, 10, 2.0)
+    assert [d.payload for d in got] == [b"first", b"second"]
 
 
 async def test_rejections(pg: PgChannelProvider) -> None:

@@ -1,10 +1,18 @@
-"""The per-consumer advisory lock key is bit-identical to the Go plugin's."""
+"""Advisory lock keys: the per-consumer one is bit-identical to the Go plugin's."""
 
 from __future__ import annotations
 
 import pytest
 
-from workflow_eventbus.providers.pgchannel.locks import consumer_lock_key, fnv1a64
+from workflow_eventbus.providers.pgchannel.locks import (
+    MIGRATE_CLASS,
+    PUBLISH_CLASS,
+    SWEEP_CLASS,
+    consumer_lock_key,
+    crc_key,
+    fnv1a64,
+    publish_lock_key,
+)
 
 
 @pytest.mark.parametrize(
@@ -27,3 +35,12 @@ def test_separator_matters_and_range_is_int64() -> None:
     assert consumer_lock_key("ab", "c") != consumer_lock_key("a", "bc")
     for pair in (("a", "b"), ("S", "durable"), ("ORDERS", "shipper")):
         assert -(2**63) <= consumer_lock_key(*pair) < 2**63
+
+
+def test_publish_keys_are_int4_per_schema_and_stream() -> None:
+    keys = {publish_lock_key(schema, stream) for schema in ("a", "b") for stream in ("S", "T")}
+    assert len(keys) == 4
+    assert all(-(2**31) <= k < 2**31 for k in keys)
+    assert publish_lock_key("a", "S") == publish_lock_key("a", "S")
+    assert crc_key("123456789") == 0xCBF43926 - 2**32  # the CRC-32 check value, signed
+    assert len({MIGRATE_CLASS, SWEEP_CLASS, PUBLISH_CLASS}) == 3

@@ -166,7 +166,7 @@ async def _claim_locked(
     new_cursor = max(fresh_taken, default=cursor)
     if len(fresh) < room and len(fresh_taken) == len(fresh):
         # Scanned to the end: events of this stream commit in id order (publishers
-        # hold the stream row lock), so nothing at or below stream_max can still appear.
+        # hold the stream's publish lock), so nothing at or below stream_max can still appear.
         new_cursor = max(new_cursor, st.stream_max)
     deliver = None
     if chosen:

@@ -10,7 +10,6 @@ starters: the second one waits, then finds nothing left to do.
 from __future__ import annotations
 
 import re
-import zlib
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -19,10 +18,9 @@ import psycopg
 from psycopg import sql
 
 from ...errors import ConfigError
+from .locks import MIGRATE_CLASS, crc_key
 
 MIGRATIONS_TABLE = "eventbus_schema_migrations"
-# First half of the two-int advisory lock key ("EVBM"); the second is the schema's CRC.
-LOCK_CLASS = 0x4556424D
 _FILE = re.compile(r"(\d{4})_([a-z0-9_]+)\.(up|down)\.sql")
 
 
@@ -55,14 +53,9 @@ def latest_version() -> int:
     return max((m.version for m in load_migrations()), default=0)
 
 
-def _lock_key(schema: str) -> int:
-    crc = zlib.crc32(schema.encode())
-    return crc - 2**32 if crc >= 2**31 else crc
-
-
 async def _prepare(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
     """Take the lock, then make sure the schema and the bookkeeping table exist."""
-    await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, _lock_key(schema)))
+    await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (MIGRATE_CLASS, crc_key(schema)))
     ident = sql.Identifier(schema)
     await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
     await conn.execute(

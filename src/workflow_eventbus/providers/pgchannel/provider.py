@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -52,6 +52,7 @@ from . import queries as q
 from .claim import claim
 from .health import RecentUseCheck
 from .listener import Notifier, channel_name
+from .locks import publish_lock_key
 from .migrations import applied_versions, latest_version, migrate_up
 from .retention import sweep
 from .subjects import filter_regex, patterns_overlap
@@ -61,6 +62,7 @@ DEFAULT_MAX_CONNS = 16
 DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_OP_TIMEOUT = 5.0
 STREAM_CACHE_TTL = 5.0
+ROUTE_CACHE_SIZE = 4096
 
 
 @dataclass(slots=True)
@@ -68,6 +70,70 @@ class _StreamInfo:
     name: str
     subjects: list[str]
     max_msg_size: int
+    lock_key: int
+    channel: str
+
+
+class _Checkout:
+    """One use of a pooled connection (a class: cheaper per call than a generator).
+
+    One connection is kept out of the pool between uses and handed out again
+    while fresh: calls one after another skip the pool's checkout and return
+    (about 20 us each), the common case of a single publisher. psycopg and pool
+    errors, from the checkout or the body, become BrokerUnavailableError (server
+    unreachable) or ProviderError.
+    """
+
+    __slots__ = ("_conn", "_owner", "_pool", "_what")
+
+    def __init__(self, owner: PgChannelProvider, what: str) -> None:
+        self._owner = owner
+        self._what = what
+
+    async def __aenter__(self) -> psycopg.AsyncConnection[Any]:
+        owner = self._owner
+        pool = owner._pool
+        if pool is None:
+            raise BrokerUnavailableError(
+                f"{owner._where}: pgchannel is not connected; start the broker module first"
+            )
+        self._pool = pool
+        conn, owner._idle = owner._idle, None
+        try:
+            if conn is not None and not owner._check.is_fresh(conn):
+                await pool.putconn(conn)
+                conn = None
+            if conn is None:
+                conn = await pool.getconn(timeout=owner.op_timeout)
+        except Exception as exc:
+            raise owner._checkout_failed(self._what, exc) from exc
+        self._conn = conn
+        return conn
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        owner, pool, conn = self._owner, self._pool, self._conn
+        try:
+            if exc is None:
+                owner._check.used(conn)
+                if (
+                    owner._idle is None
+                    and owner._pool is pool
+                    and conn.info.transaction_status == TransactionStatus.IDLE
+                ):
+                    owner._idle = conn
+                    owner._healthy = True
+                    return
+            await pool.putconn(conn)
+        except Exception as failed:
+            raise owner._checkout_failed(self._what, failed) from failed
+        if exc is None:
+            owner._healthy = True
+            return
+        mapped = owner._checkout_failed(self._what, exc)
+        if mapped is not exc:
+            raise mapped from exc
 
 
 class PgChannelProvider(Provider):
@@ -93,6 +159,7 @@ class PgChannelProvider(Provider):
         self._healthy = False
         self._streams: dict[str, _StreamInfo] = {}
         self._streams_loaded = 0.0
+        self._routes: dict[str, _StreamInfo] = {}  # valid subject -> its stream, see _stream_for
 
     def _poll_interval(self, cluster: pb.ClusterConfig) -> float:
         if not cluster.poll_interval:
@@ -193,42 +260,16 @@ class PgChannelProvider(Provider):
             "server is running"
         )
 
-    @contextlib.asynccontextmanager
-    async def _conn(self, what: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        if self._pool is None:
-            raise BrokerUnavailableError(
-                f"{self._where}: pgchannel is not connected; start the broker module first"
-            )
-        pool = self._pool
-        try:
-            # One connection is kept out of the pool between calls and handed out
-            # again while fresh: a call one after another skips the pool's checkout
-            # and return (about 20 us each), the common case of a single publisher.
-            conn, self._idle = self._idle, None
-            if conn is not None and not self._check.is_fresh(conn):
-                await pool.putconn(conn)
-                conn = None
-            if conn is None:
-                conn = await pool.getconn(timeout=self.op_timeout)
-            try:
-                yield conn
-            except BaseException:
-                await pool.putconn(conn)
-                raise
-            self._check.used(conn)
-            if (
-                self._idle is None
-                and self._pool is pool
-                and conn.info.transaction_status == TransactionStatus.IDLE
-            ):
-                self._idle = conn
-            else:
-                await pool.putconn(conn)
-        except (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            raise self._unavailable(what, exc) from exc
-        except psycopg.Error as exc:
-            raise ProviderError(f"{self._where}: pgchannel {what} failed: {exc}") from exc
-        self._healthy = True
+    def _conn(self, what: str) -> _Checkout:
+        """``async with self._conn("publish") as conn``: a pooled connection, errors mapped."""
+        return _Checkout(self, what)
+
+    def _checkout_failed(self, what: str, exc: BaseException) -> BaseException:
+        if isinstance(exc, (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError)):
+            return self._unavailable(what, exc)
+        if isinstance(exc, psycopg.Error):
+            return ProviderError(f"{self._where}: pgchannel {what} failed: {exc}")
+        return exc
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -327,9 +368,14 @@ class PgChannelProvider(Provider):
 
     # ---- publish ----
 
-    async def _stream_for(self, subject: str) -> _StreamInfo:
+    async def _stream_for(self, subject: str, setting: str = "subject") -> _StreamInfo:
+        """The stream capturing ``subject``; remembered per subject until streams reload."""
         if time.monotonic() - self._streams_loaded > STREAM_CACHE_TTL:
             await self._load_streams()
+        found = self._routes.get(subject)
+        if found is not None:
+            return found
+        validate_subject(subject, setting=setting, wildcards=False)
         found = self._match_stream(subject)
         if found is None and time.monotonic() - self._streams_loaded > 0.05:
             await self._load_streams()  # created by another process since the last load?
@@ -339,6 +385,9 @@ class PgChannelProvider(Provider):
                 f'pgchannel: no stream captures subject "{subject}"; add it (or a wildcard such '
                 'as "orders.>") to the subjects of an eventbus.stream'
             )
+        if len(self._routes) >= ROUTE_CACHE_SIZE:
+            self._routes.clear()
+        self._routes[subject] = found
         return found
 
     def _match_stream(self, subject: str) -> _StreamInfo | None:
@@ -351,7 +400,11 @@ class PgChannelProvider(Provider):
         async with self._conn("load streams") as conn:
             cur = await conn.execute(self.sql(q.LIST_STREAMS))
             rows = await cur.fetchall()
-        self._streams = {n: _StreamInfo(n, list(s), int(size)) for n, s, size in rows}
+        self._streams = {
+            n: _StreamInfo(n, list(s), int(size), publish_lock_key(self.schema, n), channel_name(n))
+            for n, s, size in rows
+        }
+        self._routes = {}
         self._streams_loaded = time.monotonic()
 
     def _check_message(self, msg: OutboundMessage, info: _StreamInfo) -> None:
@@ -364,10 +417,9 @@ class PgChannelProvider(Provider):
             )
 
     async def publish(self, msg: OutboundMessage) -> PublishResult:
-        validate_subject(msg.subject, setting="subject", wildcards=False)
         info = await self._stream_for(msg.subject)
         self._check_message(msg, info)
-        params = self._publish_params(msg, info.name)
+        params = self._publish_params(msg, info)
         async with self._conn("publish") as conn:
             if msg.msg_id:
                 result = await self._publish_dedup(conn, params)
@@ -377,21 +429,23 @@ class PgChannelProvider(Provider):
                 if row is None:
                     raise self._stream_gone(info.name)
                 result = PublishResult(info.name, int(row[0]), row[1])
-        self._wake(info.name)
+        if self._notifier is not None:
+            self._notifier.wake(info.channel)
         return result
 
-    def _publish_params(self, msg: OutboundMessage, stream: str) -> dict[str, Any]:
+    def _publish_params(self, msg: OutboundMessage, info: _StreamInfo) -> dict[str, Any]:
         headers = dict(msg.headers)
         if msg.msg_id:
             headers[MSG_ID_HEADER] = msg.msg_id
         return {
-            "stream": stream,
+            "stream": info.name,
+            "lock_key": info.lock_key,
             "subject": msg.subject,
             "headers": Jsonb(headers),
             "payload": bytes(msg.payload),
             "corr": msg.correlation_id or None,
             "msg_id": msg.msg_id or None,
-            "channel": channel_name(stream),
+            "channel": info.channel,
         }
 
     def _stream_gone(self, stream: str) -> NotFoundError:
@@ -431,10 +485,9 @@ class PgChannelProvider(Provider):
             try:
                 if msg.msg_id:
                     continue
-                validate_subject(msg.subject, setting=f"messages[{i}].subject", wildcards=False)
-                info = await self._stream_for(msg.subject)
+                info = await self._stream_for(msg.subject, f"messages[{i}].subject")
                 self._check_message(msg, info)
-                groups.setdefault(info.name, []).append((i, self._publish_params(msg, info.name)))
+                groups.setdefault(info.name, []).append((i, self._publish_params(msg, info)))
             except (ConfigError, NotFoundError, BrokerUnavailableError) as exc:
                 results[i] = exc
         for stream, items in groups.items():

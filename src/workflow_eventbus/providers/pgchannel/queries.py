@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from psycopg import sql
 
+from .locks import PUBLISH_CLASS
+
 TABLES = {
     "streams": "eventbus_streams",
     "events": "eventbus_events",
@@ -78,18 +80,28 @@ SELECT coalesce(min(id) - 1, (SELECT coalesce(max(id), 0) FROM {events}
   FROM {events} WHERE stream_name = %(stream)s AND ts >= %(time)s
 """
 
-# Publishing: the stream row lock serialises publishers of one stream, so event
-# ids of a stream become visible in id order (a consumer cursor never skips one).
-PUBLISH = """
-WITH s AS (SELECT name FROM {streams} WHERE name = %(stream)s FOR NO KEY UPDATE),
+# Publishing: publishers of one stream take its advisory lock (held to commit)
+# before the insert draws an id, so event ids of a stream become visible in id
+# order and a consumer cursor never skips one. The stream row is only read: an
+# unknown stream inserts nothing and returns no row.
+_PUBLISH_LOCK = f"pg_advisory_xact_lock({PUBLISH_CLASS}, %(lock_key)s)"
+
+PUBLISH = (
+    """
+WITH s AS (SELECT name, """
+    + _PUBLISH_LOCK
+    + """ FROM {streams} WHERE name = %(stream)s),
 ins AS (
     INSERT INTO {events} (stream_name, subject, headers, payload, correlation_id, msg_id)
     SELECT s.name, %(subject)s, %(headers)s, %(payload)s, %(corr)s, %(msg_id)s FROM s
     RETURNING id, ts)
 SELECT id, ts, pg_notify(%(channel)s, id::text) FROM ins
 """
+)
 
-LOCK_STREAM = "SELECT duplicate_window_ms FROM {streams} WHERE name = %(stream)s FOR NO KEY UPDATE"
+LOCK_STREAM = (
+    "SELECT duplicate_window_ms, " + _PUBLISH_LOCK + " FROM {streams} WHERE name = %(stream)s"
+)
 
 # Claims the msg_id unless it was seen within the window; no row back = duplicate.
 CLAIM_MSG_ID = """
@@ -352,6 +364,13 @@ DELETE FROM {events} WHERE id IN (
 PURGE_SETTLED = """
 DELETE FROM {events} WHERE stream_name = %(stream)s AND id <= (
     SELECT min(position) FROM {consumers} WHERE stream_name = %(stream)s)
+"""
+
+# Leases whose event is gone (purged here, deleted by a work-queue ack for another
+# consumer, or by hand): without them the ack floor can move past those ids.
+PURGE_ORPHAN_LEASES = """
+DELETE FROM {deliveries} d WHERE d.stream_name = %(stream)s
+   AND NOT EXISTS (SELECT 1 FROM {events} e WHERE e.id = d.event_id)
 """
 
 PURGE_MSG_IDS = """

@@ -8,15 +8,13 @@ counts payload plus subject bytes, not headers or row overhead.
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
 from . import queries as q
-
-SWEEP_LOCK_CLASS = 0x45564253  # "EVBS"; second half of the key: CRC of the schema
+from .locks import SWEEP_CLASS, crc_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,18 +25,13 @@ class _Limits:
     retention: str
 
 
-def _schema_key(schema: str) -> int:
-    crc = zlib.crc32(schema.encode())
-    return crc - 2**32 if crc >= 2**31 else crc
-
-
 async def sweep(conn: psycopg.AsyncConnection[Any], sql_of: q.Queries) -> int:
     """Apply every stream's limits; returns the number of events deleted (0 if busy)."""
     deleted = 0
     async with conn.transaction():
         cur = await conn.execute(
             "SELECT pg_try_advisory_xact_lock(%s, %s)",
-            (SWEEP_LOCK_CLASS, _schema_key(sql_of.schema)),
+            (SWEEP_CLASS, crc_key(sql_of.schema)),
         )
         row = await cur.fetchone()
         if not row or not row[0]:
@@ -72,4 +65,5 @@ async def _sweep_stream(
     for template, params in steps:
         cur = await conn.execute(sql_of(template), {"stream": stream, **params})
         deleted += max(cur.rowcount, 0)
+    await conn.execute(sql_of(q.PURGE_ORPHAN_LEASES), {"stream": stream})
     return deleted
