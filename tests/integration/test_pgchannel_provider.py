@@ -186,7 +186,11 @@ async def test_a_publish_in_flight_holds_back_later_ones(
     durable = await _consumer(pg, stream)
     info = await pg._stream_for(f"{root}.a")
     params = pg._publish_params(OutboundMessage(f"{root}.a", b"first"), info)
-    async with await psycopg.AsyncConnection.connect(pg_dsn) as slow:
+    events = f"{pg.schema}.eventbus_events"
+    async with (
+        await psycopg.AsyncConnection.connect(pg_dsn) as slow,
+        await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as probe,
+    ):
         await slow.execute(pg.sql(q.PUBLISH), params)  # id drawn, transaction still open
         later = asyncio.create_task(pg.publish(OutboundMessage(f"{root}.a", b"second")))
         done, _ = await asyncio.wait({later}, timeout=0.5)
@@ -194,8 +198,11 @@ async def test_a_publish_in_flight_holds_back_later_ones(
         assert await pg.fetch(stream, durable, 10, 0.2) == []
         # Publishers of another stream do not wait.
         await asyncio.wait_for(pg.publish(OutboundMessage(f"{other_root}.a", b"x")), 2.0)
+        cur = await probe.execute("SELECT nextval(pg_get_serial_sequence(%s, 'id'))", (events,))
+        drawn_while_waiting = (await cur.fetchone() or (0,))[0]
         await slow.commit()
-    await later
+    second = await later
+    assert second.sequence > drawn_while_waiting  # its id was drawn after the lock was taken
     got = await pg.fetch(stream, durable, 10, 2.0)
     assert [d.payload for d in got] == [b"first", b"second"]
 

@@ -100,7 +100,9 @@ class _Checkout:
         self._pool = pool
         conn, owner._idle = owner._idle, None
         try:
-            if conn is not None and not owner._check.is_fresh(conn):
+            if conn is not None and (
+                time.monotonic() - owner._idle_at >= owner._check.fresh or conn.broken
+            ):
                 await pool.putconn(conn)
                 conn = None
             if conn is None:
@@ -116,15 +118,15 @@ class _Checkout:
         owner, pool, conn = self._owner, self._pool, self._conn
         try:
             if exc is None:
-                owner._check.used(conn)
                 if (
                     owner._idle is None
                     and owner._pool is pool
                     and conn.info.transaction_status == TransactionStatus.IDLE
                 ):
-                    owner._idle = conn
+                    owner._idle, owner._idle_at = conn, time.monotonic()
                     owner._healthy = True
                     return
+                owner._check.used(conn)
             await pool.putconn(conn)
         except Exception as failed:
             raise owner._checkout_failed(self._what, failed) from failed
@@ -153,7 +155,8 @@ class PgChannelProvider(Provider):
         self.sql = q.Queries(self.schema)
         self._pool: AsyncConnectionPool[Any] | None = None
         self._check = RecentUseCheck()
-        self._idle: psycopg.AsyncConnection[Any] | None = None  # see _conn
+        self._idle: psycopg.AsyncConnection[Any] | None = None  # see _Checkout
+        self._idle_at = 0.0  # when _idle was last used
         self._notifier: Notifier | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._healthy = False
@@ -417,7 +420,9 @@ class PgChannelProvider(Provider):
             )
 
     async def publish(self, msg: OutboundMessage) -> PublishResult:
-        info = await self._stream_for(msg.subject)
+        info = self._routes.get(msg.subject)
+        if info is None or time.monotonic() - self._streams_loaded > STREAM_CACHE_TTL:
+            info = await self._stream_for(msg.subject)
         self._check_message(msg, info)
         params = self._publish_params(msg, info)
         async with self._conn("publish") as conn:
@@ -441,7 +446,7 @@ class PgChannelProvider(Provider):
             "stream": info.name,
             "lock_key": info.lock_key,
             "subject": msg.subject,
-            "headers": Jsonb(headers),
+            "headers": Jsonb(headers) if headers else None,  # NULL: stored as '{}'
             "payload": bytes(msg.payload),
             "corr": msg.correlation_id or None,
             "msg_id": msg.msg_id or None,
