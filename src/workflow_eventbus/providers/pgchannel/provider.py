@@ -84,11 +84,19 @@ class _Checkout:
     unreachable) or ProviderError.
     """
 
-    __slots__ = ("_conn", "_owner", "_pool", "_what")
+    __slots__ = ("_conn", "_cur", "_owner", "_pool", "_what")
 
     def __init__(self, owner: PgChannelProvider, what: str) -> None:
         self._owner = owner
         self._what = what
+        self._cur: psycopg.AsyncCursor[Any] | None = None
+
+    def cursor(self) -> psycopg.AsyncCursor[Any]:
+        """A cursor of this connection, kept with the idle connection for the next use
+        (creating one per statement cost about 3% of a publish)."""
+        if self._cur is None:
+            self._cur = self._conn.cursor()
+        return self._cur
 
     async def __aenter__(self) -> psycopg.AsyncConnection[Any]:
         owner = self._owner
@@ -98,13 +106,16 @@ class _Checkout:
                 f"{owner._where}: pgchannel is not connected; start the broker module first"
             )
         self._pool = pool
-        conn, owner._idle = owner._idle, None
+        conn, cur = owner._idle, owner._idle_cur
+        owner._idle = owner._idle_cur = None
         try:
             if conn is not None and (
                 time.monotonic() - owner._idle_at >= owner._check.fresh or conn.broken
             ):
                 await pool.putconn(conn)
                 conn = None
+            if conn is not None:
+                self._cur = cur
             if conn is None:
                 conn = await pool.getconn(timeout=owner.op_timeout)
         except Exception as exc:
@@ -124,6 +135,7 @@ class _Checkout:
                     and conn.info.transaction_status == TransactionStatus.IDLE
                 ):
                     owner._idle, owner._idle_at = conn, time.monotonic()
+                    owner._idle_cur = self._cur
                     owner._healthy = True
                     return
                 owner._check.used(conn)
@@ -157,6 +169,7 @@ class PgChannelProvider(Provider):
         self._check = RecentUseCheck()
         self._idle: psycopg.AsyncConnection[Any] | None = None  # see _Checkout
         self._idle_at = 0.0  # when _idle was last used
+        self._idle_cur: psycopg.AsyncCursor[Any] | None = None  # a cursor of _idle
         self._notifier: Notifier | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._healthy = False
@@ -211,7 +224,7 @@ class PgChannelProvider(Provider):
         if notifier is not None:
             await notifier.stop()
         pool, self._pool = self._pool, None
-        idle, self._idle = self._idle, None
+        idle, self._idle, self._idle_cur = self._idle, None, None
         if pool is not None:
             if idle is not None:
                 await pool.putconn(idle)
@@ -425,11 +438,12 @@ class PgChannelProvider(Provider):
             info = await self._stream_for(msg.subject)
         self._check_message(msg, info)
         params = self._publish_params(msg, info)
-        async with self._conn("publish") as conn:
+        checkout = self._conn("publish")
+        async with checkout as conn:
             if msg.msg_id:
                 result = await self._publish_dedup(conn, params)
             else:
-                cur = await conn.execute(self.sql(q.PUBLISH), params)
+                cur = await checkout.cursor().execute(self.sql(q.PUBLISH), params)
                 row = await cur.fetchone()
                 if row is None:
                     raise self._stream_gone(info.name)
