@@ -331,6 +331,27 @@ async def test_concurrency_is_bounded(bus):
     assert 1 < peak <= 4
 
 
+async def test_backlog_is_fetched_ahead_in_order(bus):
+    """max_in_flight 1: the next message is leased while one runs; order is kept."""
+    await publish(bus, 6)
+    order, fetched_while_running = [], []
+    trig = None
+
+    async def handler(data):
+        await asyncio.sleep(0.01)  # the fetch ahead runs meanwhile
+        fetched_while_running.append(trig.subscription.stats.fetched)
+        order.append(int(data["sequence"]))
+
+    trig = SubscribeTrigger.from_trigger_config(bus, "p", {"consumer": "worker"}, handler)
+    await trig.start()
+    await until(lambda: len(order) == 6)
+    await trig.stop()
+    assert order == [1, 2, 3, 4, 5, 6]
+    # While message n ran, message n+1 had been fetched already (the last has no next).
+    assert fetched_while_running[:5] == [2, 3, 4, 5, 6]
+    assert trig.subscription.stats.acked == 6
+
+
 async def test_stop_drains_in_flight_and_naks_what_cannot_finish(bus):
     await publish(bus, 2)
     started = asyncio.Event()
