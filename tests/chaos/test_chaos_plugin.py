@@ -106,7 +106,10 @@ async def test_kill_9_plugin_with_unacked_deliveries(nats_url: str, record: Any)
     record(tally)
     assert set(stuck.values()) == {1}
     assert {i: second[i] for i in stuck} == dict.fromkeys(stuck, 2)  # higher delivery count
-    assert all(second[i] == 1 for i in set(range(10)) - set(stuck))
+    # The rest: at most one window (max_in_flight) was leased ahead and never started;
+    # those come back with count 2 as well, everything else with count 1.
+    rest = [second[i] for i in set(range(10)) - set(stuck)]
+    assert set(rest) <= {1, 2} and rest.count(2) <= 4
     # The in-progress signals stopped with the process: redelivery came after an ack wait
     # measured from the last signal (at most ack_wait / 2 before the kill).
     assert back >= ack_wait / 2
