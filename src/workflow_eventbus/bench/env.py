@@ -57,6 +57,14 @@ class BenchEnv:
         self.plugin_handles: dict[str, str] = {}
 
     async def __aenter__(self) -> BenchEnv:
+        try:
+            await self._start()
+        except BaseException:  # a failed or cancelled start leaves nothing running
+            await self.close()
+            raise
+        return self
+
+    async def _start(self) -> None:
         await self.nats_server.start()
         self.nc = await nats.connect(self.nats_server.url)
         broker = self.bus.create_module(
@@ -71,7 +79,6 @@ class BenchEnv:
         for stream, subject, durable in LOCAL_STREAMS:
             await self.bus.provider().ensure_consumer(_consumer(stream, durable, subject))
         await self.echo.start()
-        return self
 
     async def __aexit__(
         self,

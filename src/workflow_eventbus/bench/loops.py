@@ -7,6 +7,8 @@ import importlib.util
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from ..signals import cancel_on_sigterm
+
 T = TypeVar("T")
 LOOPS = ("asyncio", "uvloop")
 
@@ -21,9 +23,13 @@ def uvloop_available() -> bool:
 
 
 def run_loop(coro: Coroutine[Any, Any, T], loop: str = "asyncio") -> T:
-    """``asyncio.run`` on the default loop or on uvloop."""
+    """``asyncio.run`` on the default loop or on uvloop; SIGTERM cancels ``coro``.
+
+    Cancelling (instead of dying at once) runs every ``finally`` and ``async with``
+    exit, so the servers a run started (nats-server, PostgreSQL, the echo and
+    plugin processes) are stopped with it. The caller sees CancelledError."""
     if loop == "uvloop":
         import uvloop
 
-        return uvloop.run(coro)
-    return asyncio.run(coro)
+        return uvloop.run(cancel_on_sigterm(coro))
+    return asyncio.run(cancel_on_sigterm(coro))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
 from pathlib import Path
 from typing import Any
 
 from ..bench.loops import LOOPS, default_loop, run_loop
+from ..signals import EXIT_SIGTERM
 
 
 def add_parser(subparsers: Any) -> None:
@@ -64,4 +67,8 @@ def add_parser(subparsers: Any) -> None:
 def run(ns: argparse.Namespace) -> int:
     from ..bench import main as bench_main
 
-    return run_loop(bench_main.main(ns), ns.loop)
+    try:
+        return run_loop(bench_main.main(ns), ns.loop)
+    except asyncio.CancelledError:
+        print("bench: stopped by SIGTERM; servers it started are stopped", file=sys.stderr)
+        return EXIT_SIGTERM

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from ..errors import EventbusError
 from ..host import PluginHost
+from ..signals import EXIT_SIGTERM, cancel_on_sigterm
 from .demo_run import (
     DemoOptions,
     DemoStats,
@@ -69,10 +70,13 @@ def _run(args: argparse.Namespace) -> int:
     )
     console = Console(stderr=args.json)
     try:
-        stats = asyncio.run(run_demo(opts, console))
+        stats = asyncio.run(cancel_on_sigterm(run_demo(opts, console)))
     except EventbusError as exc:
         console.print(f"[red]demo failed:[/red] {exc}")
         return 1
+    except asyncio.CancelledError:
+        console.print("demo stopped by SIGTERM; the servers it started are stopped")
+        return EXIT_SIGTERM
     result = summary(stats)
     if args.json:
         print(json.dumps(result))

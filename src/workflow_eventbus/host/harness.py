@@ -109,7 +109,11 @@ class PluginHost:
     # --- process ----------------------------------------------------------------
 
     async def __aenter__(self) -> PluginHost:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:  # a failed or cancelled start leaves nothing running
+            await (self.shutdown() if self.channel is not None else self.kill())
+            raise
         return self
 
     async def __aexit__(
