@@ -107,7 +107,7 @@ class EchoServer:
 def main(argv: list[str]) -> int:
     path = argv[0]
     loop = argv[1] if len(argv) > 1 else "asyncio"
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):  # SIGTERM: stopped
         run_loop(serve(path), loop)
     return 0
 
