@@ -23,9 +23,9 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 
 from .errors import BrokerUnavailableError, ConfigError
+from .lifecycle import Service
 
 ENV_BIN = "NATS_SERVER_BIN"
 _INSTALL_HINT = (
@@ -58,7 +58,7 @@ def find_server_binary() -> Path:
     raise ConfigError(ENV_BIN, "no nats-server binary found", fix=_INSTALL_HINT)
 
 
-class EmbeddedNats:
+class EmbeddedNats(Service):
     """One nats-server child process with JetStream on 127.0.0.1."""
 
     def __init__(
@@ -116,16 +116,7 @@ class EmbeddedNats:
         return "\n".join(text.splitlines()[-lines:])
 
     # -- lifecycle ------------------------------------------------------------
-    async def __aenter__(self) -> EmbeddedNats:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def teardown(self) -> None:
         await self.stop()
 
     def _command(self, binary: Path) -> list[str]:

@@ -25,12 +25,12 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 import psycopg
 from psycopg import sql
 
 from .errors import BrokerUnavailableError, ConfigError
+from .lifecycle import Service
 
 ENV_BINDIR = "EVENTBUS_PG_BINDIR"
 _INSTALL_HINT = (
@@ -100,7 +100,7 @@ def _process_state(pid: int) -> str:
         return ""
 
 
-class PgServer:
+class PgServer(Service):
     """One private PostgreSQL server on 127.0.0.1 with its own data directory."""
 
     def __init__(
@@ -137,16 +137,7 @@ class PgServer:
             self._bindir = find_bindir()
         return self._bindir
 
-    async def __aenter__(self) -> PgServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def teardown(self) -> None:
         await self.close()
 
     async def start(self) -> None:

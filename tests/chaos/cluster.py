@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from workflow_eventbus.embedded import EmbeddedNats
+from workflow_eventbus.lifecycle import Service
 
 
 def _free_port() -> int:
@@ -21,7 +22,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class NatsCluster:
+class NatsCluster(Service):
     def __init__(self, size: int = 3, extra_config: str = "") -> None:
         self.base = Path(tempfile.mkdtemp(prefix="nats-cluster-"))
         route_ports = [_free_port() for _ in range(size)]
@@ -54,9 +55,5 @@ class NatsCluster:
         await asyncio.gather(*(node.stop() for node in self.nodes.values()))
         shutil.rmtree(self.base, ignore_errors=True)
 
-    async def __aenter__(self) -> NatsCluster:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
+    async def teardown(self) -> None:
         await self.stop()

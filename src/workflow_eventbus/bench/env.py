@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from types import TracebackType
 from typing import Any
 
 import nats
@@ -14,6 +13,7 @@ from nats.js import JetStreamContext, JetStreamManager
 from .._proto import eventbus_pb2 as pb
 from ..embedded import EmbeddedNats
 from ..host import PluginHost
+from ..lifecycle import Service
 from ..plugin.transport import LOOP_ENV
 from ..runtime import EventBus
 from .core import PAYLOAD
@@ -42,7 +42,7 @@ def plugin_environment(loop: str) -> dict[str, str]:
     return env
 
 
-class BenchEnv:
+class BenchEnv(Service):
     """Everything a run needs, started once and torn down in reverse order."""
 
     def __init__(self, *, loop: str = "asyncio", plugin_loop: str = "default") -> None:
@@ -56,15 +56,7 @@ class BenchEnv:
         self.sink: TriggerSink | None = None
         self.plugin_handles: dict[str, str] = {}
 
-    async def __aenter__(self) -> BenchEnv:
-        try:
-            await self._start()
-        except BaseException:  # a failed or cancelled start leaves nothing running
-            await self.close()
-            raise
-        return self
-
-    async def _start(self) -> None:
+    async def start(self) -> None:
         await self.nats_server.start()
         self.nc = await nats.connect(self.nats_server.url)
         broker = self.bus.create_module(
@@ -80,12 +72,7 @@ class BenchEnv:
             await self.bus.provider().ensure_consumer(_consumer(stream, durable, subject))
         await self.echo.start()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def teardown(self) -> None:
         await self.close()
 
     async def close(self) -> None:

@@ -30,7 +30,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import grpc
@@ -45,6 +44,7 @@ from .._proto import grpc_stdio_pb2_grpc as sgrpc
 from .._proto import plugin_pb2 as ppb
 from .._proto import plugin_pb2_grpc as pgrpc
 from ..errors import BrokerUnavailableError, ProviderError
+from ..lifecycle import Service
 from .callback_server import CallbackServer, TriggerCall
 
 HANDSHAKE_TIMEOUT = 60.0
@@ -74,7 +74,7 @@ class PluginError(ProviderError):
     """The plugin answered an RPC with an in-band error."""
 
 
-class PluginHost:
+class PluginHost(Service):
     """One plugin process and the engine side of its connections."""
 
     def __init__(
@@ -108,20 +108,7 @@ class PluginHost:
 
     # --- process ----------------------------------------------------------------
 
-    async def __aenter__(self) -> PluginHost:
-        try:
-            await self.start()
-        except BaseException:  # a failed or cancelled start leaves nothing running
-            await (self.shutdown() if self.channel is not None else self.kill())
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def teardown(self) -> None:
         await self.shutdown()
 
     @property
@@ -250,10 +237,7 @@ class PluginHost:
         typed: Message | None = None,
     ) -> str:
         request = ppb.CreateModuleRequest(type=type_name, name=name)
-        _fill_config(request, config, typed)
-        answer = await self.call("CreateModule", request)
-        _check(answer.error, f"CreateModule {type_name} {name!r}")
-        return str(answer.handle_id)
+        return await self._create("CreateModule", request, config, typed)
 
     async def _module_op(self, op: str, handle: str) -> None:
         answer = await self.call(op, ppb.HandleRequest(handle_id=handle))
@@ -280,9 +264,22 @@ class PluginHost:
         typed: Message | None = None,
     ) -> str:
         request = ppb.CreateStepRequest(type=type_name, name=name)
-        _fill_config(request, config, typed)
-        answer = await self.call("CreateStep", request)
-        _check(answer.error, f"CreateStep {type_name} {name!r}")
+        return await self._create("CreateStep", request, config, typed)
+
+    async def _create(
+        self,
+        method: str,
+        request: ppb.CreateModuleRequest | ppb.CreateStepRequest,
+        config: Mapping[str, Any] | None,
+        typed: Message | None,
+    ) -> str:
+        """CreateModule/CreateStep with the config as a Struct and/or typed; the handle."""
+        if typed is not None:
+            request.typed_config.Pack(typed)
+        if config is not None:
+            json_format.ParseDict(dict(config), request.config)
+        answer = await self.call(method, request)
+        _check(answer.error, f"{method} {request.type} {request.name!r}")
         return str(answer.handle_id)
 
     async def execute_step(
@@ -325,7 +322,11 @@ class PluginHost:
     async def shutdown(self, grace: float = KILL_GRACE) -> float:
         """go-plugin's Kill: close the broker, Shutdown, wait ``grace`` s, then SIGKILL.
 
-        Returns how long the process took to exit after Shutdown."""
+        Returns how long the process took to exit after Shutdown. Before the
+        handshake (no channel yet) there is no one to ask: the process is killed."""
+        if self.channel is None:
+            await self.kill()
+            return 0.0
         began = time.monotonic()
         if self.process is not None and self.process.returncode is None:
             self._broker_queue.put_nowait(None)
@@ -380,17 +381,6 @@ def parse_handshake(line: str) -> str:
             f"plugin handshake: network {parts[2]!r} is not supported here"
         )
     return parts[3]
-
-
-def _fill_config(
-    request: ppb.CreateModuleRequest | ppb.CreateStepRequest,
-    config: Mapping[str, Any] | None,
-    typed: Message | None,
-) -> None:
-    if typed is not None:
-        request.typed_config.Pack(typed)
-    if config is not None:
-        json_format.ParseDict(dict(config), request.config)
 
 
 def _check(error: str, what: str) -> None:

@@ -310,7 +310,7 @@ class PgChannelProvider(Provider):
 
     async def _stream_for(self, subject: str, setting: str = "subject") -> _StreamInfo:
         """The stream capturing ``subject``; remembered per subject until streams reload."""
-        if time.monotonic() - self._streams_loaded > STREAM_CACHE_TTL:
+        if not self._streams_fresh():
             await self._load_streams()
         found = self._routes.get(subject)
         if found is not None:
@@ -329,6 +329,9 @@ class PgChannelProvider(Provider):
             self._routes.clear()
         self._routes[subject] = found
         return found
+
+    def _streams_fresh(self) -> bool:
+        return time.monotonic() - self._streams_loaded <= STREAM_CACHE_TTL
 
     def _match_stream(self, subject: str) -> _StreamInfo | None:
         for info in self._streams.values():
@@ -357,8 +360,8 @@ class PgChannelProvider(Provider):
             )
 
     async def publish(self, msg: OutboundMessage) -> PublishResult:
-        info = self._routes.get(msg.subject)
-        if info is None or time.monotonic() - self._streams_loaded > STREAM_CACHE_TTL:
+        info = self._routes.get(msg.subject) if self._streams_fresh() else None
+        if info is None:
             info = await self._stream_for(msg.subject)
         self._check_message(msg, info)
         params = self._publish_params(msg, info)
@@ -368,10 +371,7 @@ class PgChannelProvider(Provider):
                 result = await self._publish_dedup(conn, params)
             else:
                 cur = await checkout.cursor().execute(self.sql(q.PUBLISH), params)
-                row = await cur.fetchone()
-                if row is None:
-                    raise self._stream_gone(info.name)
-                result = PublishResult(info.name, int(row[0]), row[1])
+                result = _published(info.name, await cur.fetchone())
         if self._notifier is not None:
             self._notifier.wake(info.channel)
         return result
@@ -412,11 +412,9 @@ class PgChannelProvider(Provider):
                 seq, at = (int(orig[0] or 0), orig[1]) if orig else (0, datetime.now().astimezone())
                 return PublishResult(params["stream"], seq, at, duplicate=True)
             cur = await conn.execute(self.sql(q.PUBLISH), params)
-            ins = await cur.fetchone()
-            if ins is None:
-                raise self._stream_gone(params["stream"])
-            await conn.execute(self.sql(q.SET_MSG_ID_EVENT), {**params, "id": ins[0]})
-            return PublishResult(params["stream"], int(ins[0]), ins[1])
+            result = _published(params["stream"], await cur.fetchone())
+            await conn.execute(self.sql(q.SET_MSG_ID_EVENT), {**params, "id": result.sequence})
+            return result
 
     async def publish_many(
         self, msgs: Sequence[OutboundMessage]
@@ -462,10 +460,7 @@ class PgChannelProvider(Provider):
                     self.sql(q.PUBLISH), [params for _, params in items], returning=True
                 )
                 for i, _ in items:
-                    row = await cur.fetchone()
-                    if row is None:
-                        raise self._stream_gone(stream)
-                    results[i] = PublishResult(stream, int(row[0]), row[1])
+                    results[i] = _published(stream, await cur.fetchone())
                     cur.nextset()
         except (BrokerUnavailableError, ProviderError, NotFoundError) as exc:
             for i, _ in items:
@@ -568,3 +563,9 @@ class PgChannelProvider(Provider):
                 )
                 row = await cur.fetchone() or row
         return int(row[0]), int(row[1])
+
+
+def _published(stream: str, row: tuple[Any, ...] | None) -> PublishResult:
+    """The result of PUBLISH, which inserts exactly one row (it reads no stream row)."""
+    assert row is not None, "PUBLISH returned no row"
+    return PublishResult(stream, int(row[0]), row[1])
