@@ -431,6 +431,50 @@ async def test_ack_from_another_connection(provider: NatsProvider, nats_url: str
     await eventually(lambda: acked_all(provider, stream, consumer))
 
 
+async def test_acks_settled_one_by_one_share_socket_writes(
+    provider: NatsProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Handlers finishing in turn (one loop iteration each) do not pay a write each."""
+    stream, subject = await new_stream(provider)
+    consumer = await new_consumer(provider, stream)
+    await provider.publish_many([OutboundMessage(f"{subject}.n", b"m") for _ in range(10)])
+    got = await provider.fetch(stream, consumer, 10, 2)
+    assert len(got) == 10
+    transport = provider._nc._transport  # type: ignore[union-attr]
+    writes = 0
+    real = transport.writelines
+
+    def counting(data: Any) -> None:
+        nonlocal writes
+        writes += 1
+        real(data)
+
+    monkeypatch.setattr(transport, "writelines", counting)
+    for msg in got:
+        await provider.settle([msg.ack_token], AckAction.ACK)
+        await asyncio.sleep(0)  # the next handler finishes in a later iteration
+    await provider.confirm()
+    assert writes <= 3, f"{writes} socket writes for 10 acks and one confirm"
+    await eventually(lambda: acked_all(provider, stream, consumer))
+
+
+async def test_close_right_after_settle_writes_the_acks(
+    provider: NatsProvider, nats_url: str
+) -> None:
+    stream, subject = await new_stream(provider)
+    consumer = await new_consumer(provider, stream)
+    await provider.publish(OutboundMessage(f"{subject}.n", b"m"))
+    other = NatsProvider(pb.ClusterConfig(provider="nats"), nats_url, broker_name="other")
+    await other.connect(5)
+    try:
+        [msg] = await other.fetch(stream, consumer, 1, 2)
+        await other.settle([msg.ack_token], AckAction.ACK)
+    finally:
+        await other.close()  # well within the outbox's linger
+    await eventually(lambda: acked_all(provider, stream, consumer))
+    assert await provider.fetch(stream, consumer, 1, 0.3) == []
+
+
 async def test_nak_redelivers_with_higher_count(provider: NatsProvider) -> None:
     stream, subject = await new_stream(provider)
     consumer = await new_consumer(provider, stream)

@@ -424,6 +424,7 @@ class NatsProvider(Provider):
         except TimeoutError:
             return []  # another fetch on this consumer used the whole wait
         try:
+            await self._acks.write()  # the server settles them before it serves this pull
             wait = max(deadline - loop.time(), MIN_FETCH_WAIT)
             msgs = await pull.inbox.fetch(count, wait)
         except js_errors.APIError as exc:
@@ -471,27 +472,23 @@ class NatsProvider(Provider):
     async def settle(
         self, tokens: Sequence[str], action: AckAction, delay: float | None = None
     ) -> None:
-        nc, _, _ = self._client("ack")
+        self._client("ack")
         body = ack_body(action, delay)
         for token in tokens:
             check_token(token)
         if not self.connected:
             raise self._fail(nats.errors.ConnectionReconnectingError(), f"{action.name.lower()}")
-        try:
-            # Queued like nats-py's msg.ack(); no PING/PONG round trip here: the
-            # confirmer checks them in the background and resends after a reconnect.
-            # One connection's commands are applied in order, so a later fetch or
-            # consumer_info sees them; close() writes what is still queued.
-            for token in tokens:
-                await nc.publish(token, body)
-            self._acks.sent(tokens, body)
-        except Exception as exc:
-            raise self._fail(exc, f"{action.name.lower()} {len(tokens)} message(s)") from exc
+        # Into the outbox (see acks.py): written within a millisecond, sharing one
+        # socket write with the acks of other handlers; no PING/PONG round trip
+        # here, the confirmer checks them and resends after a reconnect. A later
+        # fetch, consumer info or confirm writes the outbox first, so it sees them.
+        await self._acks.queue(tokens, body)
 
     async def confirm(self) -> None:
         """Wait until the server has every ack settled so far (one PING/PONG)."""
         nc, _, _ = self._client("ack")
         try:
+            await self._acks.write()
             await nc.flush(timeout=self.request_timeout)  # type: ignore[arg-type]
         except Exception as exc:
             raise self._fail(exc, "confirm acks") from exc
@@ -500,6 +497,7 @@ class NatsProvider(Provider):
         action = f'consumer info "{consumer}" on stream "{stream}"'
         _, _, jsm = self._client(action)
         try:
+            await self._acks.write()
             info = await jsm.consumer_info(stream, consumer)
         except js_errors.NotFoundError as exc:
             if exc.err_code == STREAM_NOT_FOUND:
