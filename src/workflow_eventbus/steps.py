@@ -11,6 +11,7 @@ the subject it was triggered by.
 from __future__ import annotations
 
 import abc
+import functools
 from typing import Any, ClassVar, Generic, TypeVar
 
 from google.protobuf.message import Message
@@ -82,11 +83,14 @@ class PublishStep(Step[pb.PublishStepConfig, pb.PublishRequest, pb.PublishRespon
                 "is required",
                 fix="set subject in the step config or pass it in the input",
             )
-        validate_subject(subject, setting=self._where("subject"), wildcards=False)
+        _check_publish_subject(subject, self._where("subject"))
         headers: dict[str, str] = {}
+        # Updating from an empty proto map costs as much as from a full one: skip those.
         for layer in reversed(layers):
-            headers.update(layer.headers)
-        headers.update(cfg.headers)
+            if layer.headers:
+                headers.update(layer.headers)
+        if cfg.headers:
+            headers.update(cfg.headers)
         payload = cfg.payload.encode() if cfg.payload else _first_bytes(layers)
         return OutboundMessage(
             subject=subject,
@@ -95,6 +99,13 @@ class PublishStep(Step[pb.PublishStepConfig, pb.PublishRequest, pb.PublishRespon
             correlation_id=cfg.correlation_id or _first(layers, "correlation_id"),
             msg_id=cfg.msg_id or _first(layers, "msg_id"),
         )
+
+
+@functools.lru_cache(maxsize=1024)
+def _check_publish_subject(subject: str, setting: str) -> None:
+    # Pure and called per publish, mostly with the few subjects of the step configs;
+    # only valid subjects are remembered (an invalid one raises every time).
+    validate_subject(subject, setting=setting, wildcards=False)
 
 
 def _check_batch(count: int, setting: str) -> None:

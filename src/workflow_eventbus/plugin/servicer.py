@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 from google.protobuf import any_pb2, empty_pb2, json_format
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from .._proto import eventbus_pb2 as pb
 from .._proto import plugin_pb2 as ppb
@@ -105,10 +105,12 @@ def unpack(value: any_pb2.Any, cls: type[M], what: str) -> M:
             f"{what} type mismatch: expected {expected}, got {got or '(empty type_url)'}",
             fix=f"pack a {expected} (type.googleapis.com/{expected})",
         )
-    message = cls()
-    if not value.Unpack(message):
-        raise RequestError(what, f"cannot unpack {what} as {expected}", fix="send a valid message")
-    return message
+    try:  # the type is checked: parse the bytes (Any.Unpack would check it again)
+        return cls.FromString(value.value)
+    except DecodeError as exc:
+        raise RequestError(
+            what, f"cannot unpack {what} as {expected}: {exc}", fix="send a valid message"
+        ) from exc
 
 
 def _error_text(exc: BaseException) -> str:
