@@ -65,9 +65,8 @@ class CallbackClient:
                 "the engine must call ConfigureCallback (only `workflow server` does, "
                 "wfctl never delivers triggers)"
             )
-        request = ppb.TriggerWorkflowRequest(
-            trigger_type=trigger_type, action=action, data=to_struct(data)
-        )
+        request = ppb.TriggerWorkflowRequest(trigger_type=trigger_type, action=action)
+        request.data.update(data)  # in place: data=Struct(...) would copy it once more
         try:
             response = await stub.TriggerWorkflow(request)
         except grpc.aio.AioRpcError as exc:
