@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -47,12 +48,20 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
         await asyncio.sleep(0.02)
 
 
+@contextlib.asynccontextmanager
+async def connected(nats_url: str, name: str) -> AsyncIterator[NatsProvider]:
+    prov = NatsProvider(pb.ClusterConfig(provider="nats"), nats_url, broker_name=name)
+    await prov.connect(5)
+    try:
+        yield prov
+    finally:
+        await prov.close()
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def provider(nats_url: str) -> AsyncIterator[NatsProvider]:
-    prov = NatsProvider(pb.ClusterConfig(provider="nats"), nats_url, broker_name="bus")
-    await prov.connect(5)
-    yield prov
-    await prov.close()
+    async with connected(nats_url, "bus") as prov:
+        yield prov
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -422,12 +431,8 @@ async def test_ack_from_another_connection(provider: NatsProvider, nats_url: str
     consumer = await new_consumer(provider, stream)
     await provider.publish(OutboundMessage(f"{subject}.n", b"m"))
     [msg] = await provider.fetch(stream, consumer, 1, 2)
-    other = NatsProvider(pb.ClusterConfig(provider="nats"), nats_url, broker_name="other")
-    await other.connect(5)
-    try:
+    async with connected(nats_url, "other") as other:
         await other.settle([msg.ack_token], AckAction.ACK)
-    finally:
-        await other.close()
     await eventually(lambda: acked_all(provider, stream, consumer))
 
 
@@ -464,13 +469,10 @@ async def test_close_right_after_settle_writes_the_acks(
     stream, subject = await new_stream(provider)
     consumer = await new_consumer(provider, stream)
     await provider.publish(OutboundMessage(f"{subject}.n", b"m"))
-    other = NatsProvider(pb.ClusterConfig(provider="nats"), nats_url, broker_name="other")
-    await other.connect(5)
-    try:
+    async with connected(nats_url, "other") as other:
         [msg] = await other.fetch(stream, consumer, 1, 2)
         await other.settle([msg.ack_token], AckAction.ACK)
-    finally:
-        await other.close()  # well within the outbox's linger
+    # closed well within the outbox's linger
     await eventually(lambda: acked_all(provider, stream, consumer))
     assert await provider.fetch(stream, consumer, 1, 0.3) == []
 
