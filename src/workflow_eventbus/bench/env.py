@@ -25,10 +25,11 @@ PUB_STREAM, PUB_SUBJECT = "BENCH_PUB", "bench.pub"
 RAW_FETCH = ("BENCH_RAW_FETCH", "bench.rawfetch", "raw-fetch")
 STEP_FETCH = ("BENCH_STEP_FETCH", "bench.stepfetch", "step-fetch")
 RAW_TRIGGER = ("BENCH_RAW_TRIG", "bench.rawtrig", "raw-trig")
+RAW_TRIGGER_16 = ("BENCH_RAW_TRIG16", "bench.rawtrig16", "raw-trig-16")
 TRIGGER_1 = ("BENCH_TRIG1", "bench.trig1", "trig-1")
 TRIGGER_16 = ("BENCH_TRIG16", "bench.trig16", "trig-16")
 PLUGIN_STREAMS = (STEP_FETCH, TRIGGER_1, TRIGGER_16)
-LOCAL_STREAMS = (RAW_FETCH, RAW_TRIGGER)
+LOCAL_STREAMS = (RAW_FETCH, RAW_TRIGGER, RAW_TRIGGER_16)
 FILL_CHUNK = 2000
 
 

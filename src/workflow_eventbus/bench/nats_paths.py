@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Sequence
+
+from nats.aio.msg import Msg
 
 from .._proto import eventbus_pb2 as pb
 from ..providers.base import OutboundMessage
-from .core import PAYLOAD, Sample, timed
-from .env import PUB_STREAM, PUB_SUBJECT, RAW_FETCH, RAW_TRIGGER, BenchEnv
+from .core import PAYLOAD, Budget, Sample, clock, timed
+from .env import PUB_STREAM, PUB_SUBJECT, RAW_FETCH, RAW_TRIGGER, RAW_TRIGGER_16, BenchEnv
 
 BATCH = 100  # messages per publish batch and per consume batch
+IN_FLIGHT = 16  # the concurrent raw baseline's workers, as trigger max_in_flight 16
 
 
 class NatsPaths:
@@ -112,6 +116,46 @@ class NatsPaths:
 
         try:
             sample = await timed(limit, seconds, one)
+            await self.env.nc.flush()  # type: ignore[union-attr]
+        finally:
+            await sub.unsubscribe()
+        return sample
+
+    async def raw_fetch_ack_echo_16(self, limit: int, seconds: float) -> Sample:
+        """The raw clients with 16 in flight: one fetcher (batches of 16) feeding 16
+        workers that each make the gRPC hop and ack. No target: it shows what 16 in
+        flight buys the raw clients on this machine, next to the plugin's row."""
+        stream, subject, durable = RAW_TRIGGER_16
+        await self.env.purge(stream)
+        await self.env.fill(subject, limit)
+        sub = await self.env.js.pull_subscribe_bind(durable, stream)
+        echo = self.env.echo.message
+        queue: asyncio.Queue[Msg | None] = asyncio.Queue(IN_FLIGHT)
+        finished: list[float] = []  # like the trigger rows: latency = gap between messages
+        budget = Budget(limit, seconds)
+        done = 0
+
+        async def fetcher() -> None:
+            fetched = 0
+            while budget.more(fetched):
+                msgs = await sub.fetch(IN_FLIGHT, timeout=5)
+                for msg in msgs:
+                    await queue.put(msg)
+                fetched += len(msgs)
+            for _ in range(IN_FLIGHT):
+                await queue.put(None)
+
+        async def worker() -> None:
+            nonlocal done
+            while (msg := await queue.get()) is not None:
+                await echo(pb.Message(subject=msg.subject, payload=msg.data, ack_token=msg.reply))
+                await msg.ack()
+                finished.append(clock())
+                done += 1
+
+        try:
+            await asyncio.gather(fetcher(), *[worker() for _ in range(IN_FLIGHT)])
+            sample = budget.sample(done, [b - a for a, b in itertools.pairwise(finished)])
             await self.env.nc.flush()  # type: ignore[union-attr]
         finally:
             await sub.unsubscribe()

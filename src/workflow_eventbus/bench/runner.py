@@ -132,6 +132,13 @@ def nats_groups(env: BenchEnv) -> list[Group]:
                     3.0,
                     latency="message",
                 ),
+                Scenario(  # no target: the same ratio for the raw clients, as context
+                    "raw.fetch16+ack+grpc_echo_x16",
+                    raw.raw_fetch_ack_echo_16,
+                    8000,
+                    "raw.fetch1+ack+grpc_echo",
+                    latency="message",
+                ),
             ],
         ),
     ]
