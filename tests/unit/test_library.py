@@ -9,8 +9,10 @@ import base64
 import itertools
 import json
 import time
+from datetime import UTC, datetime
 
 import pytest
+from google.protobuf import struct_pb2
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
 from workflow_eventbus.errors import (
@@ -19,11 +21,18 @@ from workflow_eventbus.errors import (
     NotFoundError,
     RequestError,
 )
+from workflow_eventbus.providers.base import Delivery
 from workflow_eventbus.providers.memory import MemoryBroker
 from workflow_eventbus.runtime import EventBus
 from workflow_eventbus.steps import create_step
 from workflow_eventbus.subscriber import DLQ_DELIVERIES, DLQ_ERROR, DLQ_SUBJECT
-from workflow_eventbus.trigger import SubscribeTrigger, parse_trigger_config
+from workflow_eventbus.trigger import (
+    SubscribeTrigger,
+    decode_body,
+    fill_trigger_struct,
+    parse_trigger_config,
+    trigger_data,
+)
 
 _ids = itertools.count()
 
@@ -254,6 +263,41 @@ async def test_trigger_delivers_data_and_acks(bus):
     assert first["headers"] == {"Nats-Correlation-Id": "abc"} and first["sequence"] == "1"
     assert [d["sequence"] for d in seen] == ["1", "2", "3"]  # max_in_flight 1 keeps order
     assert await bus.provider().pending("ORDERS", "worker") == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("payload", "headers"),
+    [
+        (b'{"order": 1, "items": [1, "a", null, true], "nested": {"x": 1.5}}', {}),
+        (b'[1, {"a": "b"}, []]', {"k": "v", "Nats-Msg-Id": "m-1"}),
+        (b'"just a string"', {}),
+        (b"42", {}),
+        (b"false", {}),
+        (b"null", {}),
+        (b"plain text, not JSON", {"content-type": "text/plain"}),
+        (b"\xff\xfe binary", {}),
+        (b"", {}),
+    ],
+)
+def test_trigger_struct_is_the_data_map(payload: bytes, headers: dict[str, str]) -> None:
+    """The plugin's direct encoder sends exactly what trigger_data describes."""
+    delivery = Delivery(
+        "S",
+        "C",
+        "orders.created",
+        payload,
+        headers,
+        7,
+        datetime.now(UTC),
+        2,
+        "$JS.ACK.S.C.2.7.7.1.0",
+    )
+    direct = struct_pb2.Struct()
+    fill_trigger_struct(delivery, direct)
+    expected = struct_pb2.Struct()
+    expected.update(trigger_data(delivery))
+    assert direct == expected
+    assert ("body" in direct.fields) == (decode_body(payload) is not None)
 
 
 async def test_backoff_then_dead_letter_then_term(bus):

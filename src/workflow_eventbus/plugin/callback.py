@@ -9,6 +9,7 @@ ConnInfo, then dial ``unix:<address>`` (or ``host:port`` for tcp).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -56,8 +57,13 @@ class CallbackClient:
         log.info("callback service configured (broker id %d, %s)", broker_id, target)
         return ""
 
-    async def trigger_workflow(self, trigger_type: str, action: str, data: dict[str, Any]) -> None:
-        """Run the workflow synchronously; raise when the engine reports a failure."""
+    async def trigger_workflow(
+        self, trigger_type: str, action: str, fill: Callable[[struct_pb2.Struct], None]
+    ) -> None:
+        """Run the workflow synchronously; raise when the engine reports a failure.
+
+        ``fill`` writes the data into the request's Struct in place (building a
+        Struct and passing it would copy it once more)."""
         stub = self._stub
         if stub is None:
             raise BrokerUnavailableError(
@@ -66,7 +72,7 @@ class CallbackClient:
                 "wfctl never delivers triggers)"
             )
         request = ppb.TriggerWorkflowRequest(trigger_type=trigger_type, action=action)
-        request.data.update(data)  # in place: data=Struct(...) would copy it once more
+        fill(request.data)
         try:
             response = await stub.TriggerWorkflow(request)
         except grpc.aio.AioRpcError as exc:

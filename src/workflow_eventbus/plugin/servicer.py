@@ -16,6 +16,7 @@ Conventions (reference plugin-protocol.md §3):
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -32,9 +33,10 @@ from .._proto import plugin_pb2_grpc as pgrpc
 from ..config import decode
 from ..errors import ConfigError, EventbusError, NotFoundError, RequestError
 from ..names import STEP_TYPES, SUBSCRIBE, TRIGGER_TYPES, canonical_module_type
+from ..providers.base import Delivery
 from ..runtime import EventBus
 from ..steps import create_step
-from ..trigger import SubscribeTrigger
+from ..trigger import SubscribeTrigger, fill_trigger_struct
 from . import contracts
 from .callback import CallbackClient
 
@@ -263,7 +265,7 @@ class PluginService(pgrpc.PluginServiceServicer):
                 json_format.MessageToDict(request.config) if request.HasField("config") else {}
             )
             trigger = SubscribeTrigger.from_trigger_config(
-                self.bus, workflow_type, mapping, self._trigger_handler(workflow_type)
+                self.bus, workflow_type, mapping, on_delivery=self._trigger_handler(workflow_type)
             )
         except Exception as exc:
             return ppb.HandleResponse(error=_error_text(exc))
@@ -271,9 +273,10 @@ class PluginService(pgrpc.PluginServiceServicer):
         log.info("trigger %s created for %s", request.type, workflow_type)
         return ppb.HandleResponse(handle_id=handle)
 
-    def _trigger_handler(self, workflow_type: str) -> Callable[[dict[str, Any]], Awaitable[None]]:
-        async def handle(data: dict[str, Any]) -> None:
-            await self.callbacks.trigger_workflow(workflow_type, "message", data)
+    def _trigger_handler(self, workflow_type: str) -> Callable[[Delivery], Awaitable[None]]:
+        async def handle(delivery: Delivery) -> None:
+            fill = functools.partial(fill_trigger_struct, delivery)
+            await self.callbacks.trigger_workflow(workflow_type, "message", fill)
 
         return handle
 
