@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from .._proto import eventbus_pb2 as pb
 from ..providers.base import OutboundMessage
@@ -81,61 +83,43 @@ class NatsPaths:
 
     async def raw_fetch_ack(self, limit: int, seconds: float) -> Sample:
         """``fetch(100)`` then ``ack()`` of each message (fire and forget, as nats-py does)."""
-        stream, subject, durable = RAW_FETCH
-        await self.env.purge(stream)
-        await self.env.fill(subject, limit)
-        sub = await self.env.js.pull_subscribe_bind(durable, stream)
+        async with self._filled_pull(RAW_FETCH, limit) as sub:
 
-        async def batch() -> int:
-            msgs = await sub.fetch(BATCH, timeout=5)
-            for msg in msgs:
-                await msg.ack()
-            return len(msgs)
+            async def batch() -> int:
+                msgs = await sub.fetch(BATCH, timeout=5)
+                for msg in msgs:
+                    await msg.ack()
+                return len(msgs)
 
-        try:
-            sample = await timed(limit, seconds, batch)
-            await self.env.nc.flush()  # type: ignore[union-attr]
-        finally:
-            await sub.unsubscribe()
-        return sample
+            return await timed(limit, seconds, batch)
 
     async def raw_fetch1_ack_echo(self, limit: int, seconds: float) -> Sample:
         """What a sequential trigger cannot avoid: fetch(1), one gRPC hop, ack()."""
-        stream, subject, durable = RAW_TRIGGER
-        await self.env.purge(stream)
-        await self.env.fill(subject, limit)
-        sub = await self.env.js.pull_subscribe_bind(durable, stream)
         echo = self.env.echo.message
+        async with self._filled_pull(RAW_TRIGGER, limit) as sub:
 
-        async def one() -> int:
-            msgs = await sub.fetch(1, timeout=5)
-            for msg in msgs:
-                await echo(pb.Message(subject=msg.subject, payload=msg.data, ack_token=msg.reply))
-                await msg.ack()
-            return len(msgs)
+            async def one() -> int:
+                msgs = await sub.fetch(1, timeout=5)
+                for msg in msgs:
+                    await echo(
+                        pb.Message(subject=msg.subject, payload=msg.data, ack_token=msg.reply)
+                    )
+                    await msg.ack()
+                return len(msgs)
 
-        try:
-            sample = await timed(limit, seconds, one)
-            await self.env.nc.flush()  # type: ignore[union-attr]
-        finally:
-            await sub.unsubscribe()
-        return sample
+            return await timed(limit, seconds, one)
 
     async def raw_fetch_ack_echo_16(self, limit: int, seconds: float) -> Sample:
         """The raw clients with 16 in flight: one fetcher (batches of 16) feeding 16
         workers that each make the gRPC hop and ack. No target: it shows what 16 in
         flight buys the raw clients on this machine, next to the plugin's row."""
-        stream, subject, durable = RAW_TRIGGER_16
-        await self.env.purge(stream)
-        await self.env.fill(subject, limit)
-        sub = await self.env.js.pull_subscribe_bind(durable, stream)
         echo = self.env.echo.message
         queue: asyncio.Queue[Msg | None] = asyncio.Queue(IN_FLIGHT)
         finished: list[float] = []  # like the trigger rows: latency = gap between messages
         budget = Budget(limit, seconds)
         done = 0
 
-        async def fetcher() -> None:
+        async def fetcher(sub: JetStreamContext.PullSubscription) -> None:
             fetched = 0
             while budget.more(fetched):
                 msgs = await sub.fetch(IN_FLIGHT, timeout=5)
@@ -153,13 +137,25 @@ class NatsPaths:
                 finished.append(clock())
                 done += 1
 
+        async with self._filled_pull(RAW_TRIGGER_16, limit) as sub:
+            await asyncio.gather(fetcher(sub), *[worker() for _ in range(IN_FLIGHT)])
+            return budget.sample(done, [b - a for a, b in itertools.pairwise(finished)])
+
+    @contextlib.asynccontextmanager
+    async def _filled_pull(
+        self, spec: tuple[str, str, str], limit: int
+    ) -> AsyncIterator[JetStreamContext.PullSubscription]:
+        """The stream of ``spec`` refilled with ``limit`` messages and a pull subscription
+        bound to its durable; on a clean exit the acks are flushed to the server."""
+        stream, subject, durable = spec
+        await self.env.purge(stream)
+        await self.env.fill(subject, limit)
+        sub = await self.env.js.pull_subscribe_bind(durable, stream)
         try:
-            await asyncio.gather(fetcher(), *[worker() for _ in range(IN_FLIGHT)])
-            sample = budget.sample(done, [b - a for a, b in itertools.pairwise(finished)])
+            yield sub
             await self.env.nc.flush()  # type: ignore[union-attr]
         finally:
             await sub.unsubscribe()
-        return sample
 
 
 def _raise_first(results: Sequence[object]) -> None:
