@@ -51,6 +51,7 @@ from .errors import (
 )
 from .options import PING_INTERVAL, RECONNECT_WAIT, auth_options
 from .pull import PullInbox
+from .replies import ReplyMux
 from .wire import ack_body, check_token, delivery, header_size
 
 REQUEST_TIMEOUT = 5.0  # JetStream API and publish acknowledgement
@@ -90,6 +91,7 @@ class NatsProvider(Provider):
         self._connect_failed: asyncio.Future[BaseException] | None = None
         self._connect_error: BaseException | None = None
         self._acks = AckConfirmer(lambda: self._nc, self._up, request_timeout)
+        self._replies: ReplyMux | None = None
 
     def __repr__(self) -> str:
         return f"NatsProvider({self.broker_name!r}, {redact(self.url)})"
@@ -130,7 +132,13 @@ class NatsProvider(Provider):
             raise
         finally:
             self._connect_failed = None
-        self._nc = nc
+        replies = ReplyMux(nc)
+        try:
+            await replies.open()
+        except BaseException:
+            await _discard(nc)
+            raise
+        self._nc, self._replies = nc, replies
         self._js = nc.jetstream(
             timeout=self.request_timeout, publish_async_max_pending=MAX_ASYNC_PENDING
         )
@@ -182,7 +190,10 @@ class NatsProvider(Provider):
 
     async def close(self) -> None:
         nc, self._nc = self._nc, None
+        replies, self._replies = self._replies, None
         self._js = self._jsm = None
+        if replies is not None:
+            await replies.close()
         pulls = list(self._pulls.values())
         self._pulls.clear()
         for pull in pulls:
@@ -322,13 +333,15 @@ class NatsProvider(Provider):
         return headers
 
     async def publish(self, msg: OutboundMessage) -> PublishResult:
-        nc, js, _ = self._client("publish")
+        nc, _, _ = self._client("publish")
+        replies = self._replies
+        assert replies is not None  # set with the connection
         headers = self._prepare(nc, msg)
         try:
-            ack = await js.publish(msg.subject, msg.payload, headers=headers)
+            ack = await replies.publish(msg.subject, msg.payload, headers, self.request_timeout)
         except Exception as exc:
             raise self._publish_error(exc, msg.subject) from exc
-        return PublishResult(ack.stream, ack.seq, datetime.now(UTC), bool(ack.duplicate))
+        return PublishResult(ack.stream, ack.seq, datetime.now(UTC), ack.duplicate)
 
     def _publish_error(self, exc: BaseException, subject: str) -> EventbusError:
         if isinstance(exc, js_errors.NoStreamResponseError):
