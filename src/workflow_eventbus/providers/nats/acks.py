@@ -55,6 +55,16 @@ class AckConfirmer:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._confirmer: asyncio.Task[None] | None = None
+        # Connection generation (bumped on every reconnect) when the oldest ack of each
+        # list was written: a PONG on a newer connection does not cover them.
+        self._epoch = 0
+        self._unconfirmed_since = 0
+        self._confirming_since = 0
+
+    def reconnected(self) -> None:
+        """The client reconnected: acks written before it may be lost; recheck them."""
+        self._epoch += 1
+        self._wake.set()
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -87,6 +97,8 @@ class AckConfirmer:
         self._sent(batch)
 
     def _sent(self, batch: list[tuple[str, bytes]]) -> None:
+        if not self._unconfirmed:
+            self._unconfirmed_since = self._epoch
         self._unconfirmed.extend(batch)
         if len(self._unconfirmed) > MAX_UNCONFIRMED:
             del self._unconfirmed[: len(self._unconfirmed) - MAX_UNCONFIRMED]
@@ -102,6 +114,7 @@ class AckConfirmer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         written = self._confirming + self._unconfirmed
+        stale = min(self._confirming_since, self._unconfirmed_since) != self._epoch
         unwritten, self._outbox = self._outbox, []
         self._confirming, self._unconfirmed = [], []
         count = len(written) + len(unwritten)
@@ -111,7 +124,7 @@ class AckConfirmer:
             if nc is None or nc.is_closed:
                 raise ConnectionError("connection closed")
             async with asyncio.timeout(min(self._timeout, CLOSE_WAIT)):
-                if not nc.is_connected:  # reconnecting: what was in the socket may be lost
+                if not nc.is_connected or stale:  # what was in a lost socket may be lost
                     await self._up.wait()
                     unwritten = written + unwritten
                 for token, body in unwritten:
@@ -138,16 +151,23 @@ class AckConfirmer:
             await asyncio.sleep(CONFIRM_INTERVAL)  # gather what else gets settled
             self._wake.clear()
             self._confirming, self._unconfirmed = self._unconfirmed, []
+            self._confirming_since = self._unconfirmed_since
             while self._confirming:
                 nc = self._client()
                 if nc is None:
                     return
                 try:
                     await nc.flush(timeout=self._timeout)  # type: ignore[arg-type]
-                    self._confirming = []
                 except Exception as exc:  # lost before the server confirmed: resend
                     count = len(self._confirming)
                     log.info("nats: %d ack(s) unconfirmed (%s); resending", count, exc)
+                    await self._resend(self._confirming)
+                    continue
+                if self._confirming_since == self._epoch:
+                    self._confirming = []
+                else:  # written before a reconnect: this PONG does not cover them
+                    count = len(self._confirming)
+                    log.info("nats: %d ack(s) written before a reconnect; resending", count)
                     await self._resend(self._confirming)
 
     async def _resend(self, batch: list[tuple[str, bytes]]) -> None:
@@ -155,6 +175,7 @@ class AckConfirmer:
         nc = self._client()
         if nc is None:
             return
+        self._confirming_since = self._epoch
         with contextlib.suppress(Exception):
             for token, body in batch:
                 await nc.publish(token, body)

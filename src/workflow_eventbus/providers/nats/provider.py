@@ -182,6 +182,7 @@ class NatsProvider(Provider):
         self._up.clear()
 
     async def _on_reconnected(self) -> None:
+        self._acks.reconnected()
         self._up.set()
         self.log.info("nats broker %s: reconnected", self.broker_name)
 
