@@ -47,6 +47,9 @@ _INT_LIMITS = {
 }
 
 
+MAX_DURATION = 315_576_000_000.0  # seconds: google.protobuf.Duration's upper bound
+
+
 def parse_duration(value: Any, *, setting: str) -> float:
     """Seconds from ``"1m30s"``-style text, ``"1.5s"``, or a number of seconds."""
     if isinstance(value, bool):
@@ -63,6 +66,13 @@ def parse_duration(value: Any, *, setting: str) -> float:
         raise ConfigError(setting, "expected a duration", value=value, fix='write it like "30s"')
     if seconds < 0 or math.isnan(seconds) or math.isinf(seconds):
         raise ConfigError(setting, "duration must be zero or positive", value=value)
+    if seconds > MAX_DURATION:
+        raise ConfigError(
+            setting,
+            "duration is longer than a protobuf Duration can carry (10,000 years)",
+            value=value,
+            fix='use a shorter duration, e.g. "24h"',
+        )
     return seconds
 
 

@@ -35,7 +35,7 @@ def test_durations(text, seconds):
     assert parse_duration(text, setting="x") == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("bad", ["soon", "1x", "m", "", "-1s", True, [1]])
+@pytest.mark.parametrize("bad", ["soon", "1x", "m", "", "-1s", True, [1], 9.3e18, "100000000000h"])
 def test_bad_durations_name_setting_value_and_fix(bad):
     with pytest.raises(ConfigError) as err:
         parse_duration(bad, setting='eventbus.consumer "c": ack_wait')
