@@ -12,7 +12,9 @@ A confirmer task then checks them with one PING/PONG for everything settled
 within ``CONFIRM_INTERVAL`` (one PING per ack cost a syscall and a PONG each).
 If the connection drops before the PONG (a server killed with acks in its
 socket buffer), the unconfirmed acks are sent again once the client has
-reconnected, so a crash costs few duplicate deliveries. Acks are idempotent in
+reconnected, so a crash costs few duplicate deliveries; a PONG that arrives on a
+newer connection than the one the acks were written to does not count (the
+confirmer tracks the connection generation). Acks are idempotent in
 JetStream, a repeated nak or in-progress is harmless.
 
 ``close(nc)`` runs before the connection closes and confirms what is still
