@@ -47,19 +47,24 @@ _JSON_TYPES = {
 }
 
 
+def _text_fields(delivery: Delivery) -> tuple[tuple[str, str], ...]:
+    """The string-valued keys of the data map, shared by both encoders below."""
+    return (
+        ("subject", delivery.subject),
+        ("payload", base64.b64encode(delivery.payload).decode("ascii")),
+        ("sequence", str(delivery.sequence)),
+        ("published_at", rfc3339(delivery.published_at)),
+        ("ack_token", delivery.ack_token),
+        ("stream", delivery.stream),
+        ("consumer", delivery.consumer),
+    )
+
+
 def trigger_data(delivery: Delivery) -> dict[str, Any]:
     """The data map sent to the engine for one message (see DESIGN.md)."""
-    data: dict[str, Any] = {
-        "subject": delivery.subject,
-        "payload": base64.b64encode(delivery.payload).decode("ascii"),
-        "headers": dict(delivery.headers),
-        "sequence": str(delivery.sequence),
-        "published_at": rfc3339(delivery.published_at),
-        "ack_token": delivery.ack_token,
-        "delivery_count": delivery.delivery_count,
-        "stream": delivery.stream,
-        "consumer": delivery.consumer,
-    }
+    data: dict[str, Any] = dict(_text_fields(delivery))
+    data["headers"] = dict(delivery.headers)
+    data["delivery_count"] = delivery.delivery_count
     body = decode_body(delivery.payload)
     if body is not None:
         data["body"] = body
@@ -73,18 +78,13 @@ def fill_trigger_struct(delivery: Delivery, target: struct_pb2.Struct) -> None:
     per-field type dispatch (Struct.update), ~5-10 us less per message. Kept equal
     to ``trigger_data`` by tests/unit/test_library.py."""
     fields = target.fields
-    fields["subject"].string_value = delivery.subject
-    fields["payload"].string_value = base64.b64encode(delivery.payload).decode("ascii")
+    for key, text in _text_fields(delivery):
+        fields[key].string_value = text
     headers = fields["headers"].struct_value
     headers.SetInParent()  # an empty object, not an unset value
     if delivery.headers:
         headers.update(delivery.headers)
-    fields["sequence"].string_value = str(delivery.sequence)
-    fields["published_at"].string_value = rfc3339(delivery.published_at)
-    fields["ack_token"].string_value = delivery.ack_token
     fields["delivery_count"].number_value = delivery.delivery_count
-    fields["stream"].string_value = delivery.stream
-    fields["consumer"].string_value = delivery.consumer
     body = decode_body(delivery.payload)
     if isinstance(body, dict):
         fields["body"].struct_value.update(body)
