@@ -197,17 +197,20 @@ class Subscription:
                     failures += 1
                     await self._after_fetch_error(exc, failures)
                     continue
-                if self._last_full and not self._stopping.is_set():
-                    # A backlog: lease the next window while this one runs, so the
-                    # broker round trip overlaps the handlers. Batches still start in
-                    # stream order, and waiting messages get in-progress signals.
-                    ahead = asyncio.create_task(
-                        self._fetch(ahead=True), name=f"fetch ahead {self.name}"
-                    )
+                # With a backlog the next window is leased while this one runs, so the
+                # broker round trip overlaps the handlers; batches still start in stream
+                # order and waiting messages get in-progress signals. Sequentially the
+                # handler runs inside _dispatch, so the fetch starts first; otherwise
+                # once this window has started, so at most one window waits unstarted.
+                inline = self.options.max_in_flight <= 1
+                if inline:
+                    ahead = self._fetch_ahead()
                 for delivery in batch:
                     if self._stopping.is_set():
                         break  # the rest is nak'd by _release_held below
                     await self._dispatch(delivery)
+                if not inline:
+                    ahead = self._fetch_ahead()
         finally:
             try:
                 if ahead is not None:
@@ -220,6 +223,11 @@ class Subscription:
                 keepalive.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await keepalive
+
+    def _fetch_ahead(self) -> asyncio.Task[list[Delivery]] | None:
+        if not self._last_full or self._stopping.is_set():
+            return None
+        return asyncio.create_task(self._fetch(ahead=True), name=f"fetch ahead {self.name}")
 
     async def _fetch(self, *, ahead: bool = False) -> list[Delivery]:
         if not ahead:

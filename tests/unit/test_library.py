@@ -396,6 +396,25 @@ async def test_backlog_is_fetched_ahead_in_order(bus):
     assert trig.subscription.stats.acked == 6
 
 
+async def test_busy_handlers_leave_at_most_one_window_leased_ahead(bus):
+    """max_in_flight 4, every handler stuck: 4 run, 4 wait leased, nothing more."""
+    await publish(bus, 20)
+    running = []
+
+    async def handler(data):
+        running.append(data["sequence"])
+        await asyncio.Event().wait()
+
+    cfg = {"consumer": "worker", "max_in_flight": 4, "drain_timeout": "50ms"}
+    trig = SubscribeTrigger.from_trigger_config(bus, "p", cfg, handler)
+    await trig.start()
+    await until(lambda: len(running) == 4)
+    await asyncio.sleep(0.2)  # room for any further fetch ahead
+    fetched = trig.subscription.stats.fetched
+    await trig.stop()
+    assert fetched == 8
+
+
 async def test_stop_drains_in_flight_and_naks_what_cannot_finish(bus):
     await publish(bus, 2)
     started = asyncio.Event()
