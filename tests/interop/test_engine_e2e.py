@@ -171,7 +171,10 @@ async def test_go_plugin_config_shapes_run_unchanged(
     await engine.wait_started()
 
     # Binary payloads too: the bytes travel base64-encoded through the pipeline.
+    # The last is larger than HTTP/2's default windows and frame size, so its
+    # TriggerWorkflow call is paced by the Go server's flow control.
     payloads = [os.urandom(64) if i % 2 else f'{{"delivery": {i}}}'.encode() for i in range(20)]
+    payloads.append(os.urandom(400_000))
     acks = [
         await js.publish("fulfillment.delivered", body, headers={"x-input": str(i)})
         for i, body in enumerate(payloads)

@@ -45,12 +45,12 @@ from .._proto import plugin_pb2 as ppb
 from .._proto import plugin_pb2_grpc as pgrpc
 from ..errors import BrokerUnavailableError, ProviderError
 from ..lifecycle import Service
+from ..plugin.transport import UNLIMITED
 from .callback_server import CallbackServer, TriggerCall
 
 HANDSHAKE_TIMEOUT = 60.0
 KILL_GRACE = 2.0
 CALLBACK_BROKER_ID = 1
-UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 TriggerHandler = Callable[[TriggerCall], Awaitable[str]]
 
 

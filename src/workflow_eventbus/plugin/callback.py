@@ -3,7 +3,9 @@
 ``ConfigureCallback{broker_id}`` names the broker service id under which the
 engine advertised its callback listener (a ConnInfo on the broker stream).
 The two can arrive in either order, so we wait up to ``wait`` seconds for the
-ConnInfo, then dial ``unix:<address>`` (or ``host:port`` for tcp).
+ConnInfo, then dial ``unix:<address>`` (or ``host:port`` for tcp). Calls go
+through :class:`~.unary.UnaryChannel`, our lean HTTP/2 unary client: one
+TriggerWorkflow per delivered message is the plugin's hottest RPC.
 """
 
 from __future__ import annotations
@@ -11,17 +13,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import grpc
 from google.protobuf import struct_pb2
 
 from .._proto import plugin_pb2 as ppb
-from .._proto import plugin_pb2_grpc as pgrpc
 from ..errors import BrokerUnavailableError, ProviderError
 from .broker import ConnInfoStore
+from .unary import RpcError, UnaryChannel
 
 log = logging.getLogger("workflow_eventbus.plugin")
 
-UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+_SERVICE = ppb.DESCRIPTOR.services_by_name["EngineCallbackService"].full_name
+TRIGGER_WORKFLOW = f"/{_SERVICE}/TriggerWorkflow"
+LOG = f"/{_SERVICE}/Log"
 
 
 class CallbackClient:
@@ -30,12 +33,11 @@ class CallbackClient:
     def __init__(self, store: ConnInfoStore, *, wait: float = 5.0) -> None:
         self._store = store
         self._wait = wait
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: pgrpc.EngineCallbackServiceAsyncStub | None = None
+        self._channel: UnaryChannel | None = None
 
     @property
     def configured(self) -> bool:
-        return self._stub is not None
+        return self._channel is not None
 
     async def configure(self, broker_id: int) -> str:
         """Connect to the callback service; returns an error text ('' on success)."""
@@ -48,12 +50,14 @@ class CallbackClient:
                 f"(broker id {broker_id} was never announced on the GRPCBroker stream "
                 f"within {self._wait:g}s)"
             )
-        target = f"unix:{info.address}" if info.network == "unix" else info.address
-        channel = grpc.aio.insecure_channel(target, options=UNLIMITED)
         await self.close()
-        self._channel = channel
-        self._stub = pgrpc.EngineCallbackServiceStub(channel)
-        log.info("callback service configured (broker id %d, %s)", broker_id, target)
+        self._channel = UnaryChannel(info.network, info.address)
+        log.info(
+            "callback service configured (broker id %d, %s %s)",
+            broker_id,
+            info.network,
+            info.address,
+        )
         return ""
 
     async def trigger_workflow(
@@ -63,8 +67,8 @@ class CallbackClient:
 
         ``fill`` writes the data into the request's Struct in place (building a
         Struct and passing it would copy it once more)."""
-        stub = self._stub
-        if stub is None:
+        channel = self._channel
+        if channel is None:
             raise BrokerUnavailableError(
                 f"trigger {trigger_type}: the trigger callback client is not configured; "
                 "the engine must call ConfigureCallback (only `workflow server` does, "
@@ -73,20 +77,22 @@ class CallbackClient:
         request = ppb.TriggerWorkflowRequest(trigger_type=trigger_type, action=action)
         fill(request.data)
         try:
-            response = await stub.TriggerWorkflow(request)
-        except grpc.aio.AioRpcError as exc:
+            answer = await channel.call(TRIGGER_WORKFLOW, request.SerializeToString())
+        except RpcError as exc:
             raise ProviderError(
-                f"trigger {trigger_type}: TriggerWorkflow RPC failed: "
-                f"{exc.code().name}: {exc.details()}"
+                f"trigger {trigger_type}: TriggerWorkflow RPC failed: {exc.code}: {exc.details}"
             ) from exc
+        response = ppb.ErrorResponse.FromString(answer)
         if response.error:
             raise ProviderError(f"trigger {trigger_type}: workflow failed: {response.error}")
 
     async def log(self, level: str, message: str) -> None:
-        if self._stub is not None:
-            await self._stub.Log(ppb.LogRequest(level=level, message=message))
+        if self._channel is not None:
+            await self._channel.call(
+                LOG, ppb.LogRequest(level=level, message=message).SerializeToString()
+            )
 
     async def close(self) -> None:
-        channel, self._channel, self._stub = self._channel, None, None
+        channel, self._channel = self._channel, None
         if channel is not None:
-            await channel.close(None)
+            await channel.close()

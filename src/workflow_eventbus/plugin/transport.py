@@ -39,7 +39,9 @@ from .._proto import grpc_stdio_pb2_grpc as sgrpc
 from .._proto import plugin_pb2_grpc as pgrpc
 from ..errors import ConfigError
 from .broker import BrokerServicer, ConnInfoStore, ControllerServicer, StdioServicer
-from .callback import UNLIMITED, CallbackClient
+from .callback import CallbackClient
+
+UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
 log = logging.getLogger("workflow_eventbus.plugin")
 

@@ -1,0 +1,520 @@
+"""A lean gRPC unary client over HTTP/2, for the engine's callback service.
+
+Every message a trigger delivers is one ``TriggerWorkflow`` call to the engine.
+Through ``grpc.aio`` such a call costs the plugin about 130-280 us of CPU (the
+C core, its poller thread and the asyncio bridge); this client speaks the few
+parts of HTTP/2 a unary call needs on an asyncio protocol and costs a third of
+that, with half the latency. It is a client of one peer kind, a gRPC server,
+and keeps to RFC 9113 where that peer can tell:
+
+- the request header block is constant (literals without indexing, so the
+  peer's decoder table never changes); response blocks are decoded in order by
+  ``hpack`` so the connection's table stays in step even for abandoned streams;
+- flow control both ways: our windows are opened to the maximum once and
+  topped up as data is consumed; request bodies are cut to the peer's frame
+  size and wait for its windows (``SETTINGS_INITIAL_WINDOW_SIZE`` changes
+  apply to open streams);
+- ``SETTINGS_MAX_CONCURRENT_STREAMS`` is honoured (callers queue for a slot);
+- PING is answered, GOAWAY drains (streams above its last id fail as
+  UNAVAILABLE, never processed; new calls open a new connection), RST_STREAM
+  fails its call, a cancelled call resets its stream, a lost connection fails
+  every open call with UNAVAILABLE and the next call reconnects.
+
+Failures are :class:`RpcError` with the gRPC status code name and details.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections import deque
+from typing import cast
+from urllib.parse import unquote
+
+import grpc
+from hpack import Decoder
+from hpack.exceptions import HPACKError
+
+from ..errors import ProviderError
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
+WINDOW_UPDATE, CONTINUATION = 8, 9
+END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
+S_ENABLE_PUSH, S_MAX_CONCURRENT, S_INITIAL_WINDOW, S_MAX_FRAME = 0x2, 0x3, 0x4, 0x5
+MAX_WINDOW = 2**31 - 1
+DEFAULT_WINDOW = 65535
+REFILL_AT = 2**30  # top our windows up once this much was received
+LAST_STREAM_ID = 2**31 - 1
+CANCEL = 0x8
+RESENDS = 8  # sends of a call the server never processed (see RpcError.unprocessed)
+H2_ERRORS = {
+    0x0: "NO_ERROR", 0x1: "PROTOCOL_ERROR", 0x2: "INTERNAL_ERROR", 0x3: "FLOW_CONTROL_ERROR",
+    0x5: "STREAM_CLOSED", 0x6: "FRAME_SIZE_ERROR", 0x7: "REFUSED_STREAM", 0x8: "CANCEL",
+    0x9: "COMPRESSION_ERROR", 0xB: "ENHANCE_YOUR_CALM",
+}  # fmt: skip
+GRPC_CODES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+class RpcError(ProviderError):
+    """A unary call failed: ``code`` is the gRPC status name, ``details`` its message.
+
+    ``unprocessed`` means the server never saw the call (refused stream, above a
+    GOAWAY's last id, connection draining before it was sent): safe to send again."""
+
+    def __init__(self, code: str, details: str, *, unprocessed: bool = False) -> None:
+        self.code = code
+        self.details = details
+        self.unprocessed = unprocessed
+        super().__init__(f"{code}: {details}")
+
+
+def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return struct.pack(">I", len(payload))[1:] + struct.pack(">BBI", kind, flags, stream) + payload
+
+
+def _literal(index: int, value: str) -> bytes:
+    """A header field, literal without indexing, name from the static table (RFC 7541 6.2.2)."""
+    raw = value.encode()
+    name = bytes([index]) if index < 15 else bytes([15, index - 15])
+    return name + _hpack_int(len(raw), 7) + raw
+
+
+def _hpack_int(value: int, prefix: int) -> bytes:
+    limit = (1 << prefix) - 1
+    if value < limit:
+        return bytes([value])
+    out, value = [limit], value - limit
+    while value >= 128:
+        out.append(value % 128 + 128)
+        value //= 128
+    return bytes([*out, value])
+
+
+def request_headers(path: str, authority: str) -> bytes:
+    """The constant header block of a gRPC unary request to ``path``."""
+    return (
+        b"\x83\x86"  # :method POST, :scheme http (static table 3, 6)
+        + _literal(4, path)
+        + _literal(1, authority)
+        + _literal(31, "application/grpc")
+        + b"\x00\x02te\x08trailers"
+    )
+
+
+class _Stream:
+    __slots__ = ("body", "done", "headers", "message", "status", "window")
+
+    def __init__(self, window: int) -> None:
+        self.done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.body = bytearray()
+        self.window = window
+        self.headers = False  # the response headers arrived (the next block is trailers)
+        self.status: str | None = None
+        self.message = ""
+
+
+class Connection(asyncio.Protocol):
+    """One HTTP/2 connection carrying unary calls; made by :class:`UnaryChannel`."""
+
+    def __init__(self, authority: str) -> None:
+        self._authority = authority
+        self._blocks: dict[str, bytes] = {}
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._decoder = Decoder()
+        self._streams: dict[int, _Stream] = {}
+        self._next_id = 1
+        self._peer_window = DEFAULT_WINDOW  # peer's initial stream window
+        self._peer_frame = 16384
+        self._peer_streams = 2**31
+        self._send_window = DEFAULT_WINDOW  # connection-level send window
+        self._received = 0  # connection-level bytes received since the last top-up
+        self._window_waiters: list[asyncio.Future[None]] = []
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._header_block: tuple[int, int, bytearray] | None = None  # stream, flags, fragments
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed: RpcError | None = None
+        self.draining = False
+
+    @property
+    def usable(self) -> bool:
+        return self.closed is None and not self.draining and self._next_id < LAST_STREAM_ID
+
+    @property
+    def idle(self) -> bool:
+        return not self._streams
+
+    # -- calls -------------------------------------------------------------------
+
+    async def unary(self, path: str, request: bytes) -> bytes:
+        while len(self._streams) >= self._peer_streams:
+            await self._wait_slot()
+        if not self.usable:
+            raise RpcError("UNAVAILABLE", "connection closing", unprocessed=True)
+        stream_id = self._next_id
+        self._next_id += 2
+        stream = self._streams[stream_id] = _Stream(self._peer_window)
+        block = self._blocks.get(path)
+        if block is None:
+            block = self._blocks[path] = request_headers(path, self._authority)
+        body = b"\x00" + struct.pack(">I", len(request)) + request
+        try:
+            await self._send(stream_id, stream, block, body)
+            return await stream.done
+        except asyncio.CancelledError:
+            if self._streams.pop(stream_id, None) is not None:
+                self._write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", CANCEL)))
+                self._release_slot()
+            raise
+
+    async def _send(self, stream_id: int, stream: _Stream, block: bytes, body: bytes) -> None:
+        headers = frame(HEADERS, END_HEADERS, stream_id, block)
+        size = len(body)
+        if size <= min(self._send_window, stream.window, self._peer_frame):  # the common case
+            self._send_window -= size
+            stream.window -= size
+            self._write(headers + frame(DATA, END_STREAM, stream_id, body))
+            return
+        self._write(headers)
+        view, sent = memoryview(body), 0
+        while sent < size:
+            room = min(self._send_window, stream.window, self._peer_frame, size - sent)
+            if room <= 0:
+                await self._wait_window()
+                if stream.done.done():  # reset or failed while we waited
+                    return
+                continue
+            self._send_window -= room
+            stream.window -= room
+            end = END_STREAM if sent + room == size else 0
+            self._write(frame(DATA, end, stream_id, bytes(view[sent : sent + room])))
+            sent += room
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and self.closed is None:
+            self._transport.write(data)
+
+    async def _wait_window(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._window_waiters.append(waiter)
+        await waiter
+
+    def _wake_window(self) -> None:
+        waiters, self._window_waiters = self._window_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wait_slot(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self._slot_waiters:
+                self._slot_waiters.remove(waiter)
+
+    def _release_slot(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _finish(self, stream_id: int, error: RpcError | None = None) -> None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            return
+        self._release_slot()
+        if self.draining and not self._streams and self._transport is not None:
+            self._transport.close()  # a drained connection is done
+        if stream.done.done():
+            return
+        if error is None:
+            error = _outcome(stream)
+        if error is None:
+            stream.done.set_result(bytes(stream.body[5:]))
+        else:
+            stream.done.set_exception(error)
+
+    def fail(self, error: RpcError) -> None:
+        """Fail every open call and refuse new ones."""
+        if self.closed is None:
+            self.closed = error
+        for stream_id in list(self._streams):
+            self._finish(stream_id, error)
+        self._wake_window()
+        for waiter in self._slot_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        if not self.ready.done():
+            self.ready.set_exception(error)
+
+    def close(self) -> None:
+        self.fail(RpcError("UNAVAILABLE", "the callback channel was closed"))
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- asyncio.Protocol --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        settings = struct.pack(
+            ">HIHIHI", S_ENABLE_PUSH, 0, S_INITIAL_WINDOW, MAX_WINDOW, S_MAX_FRAME, 1 << 20
+        )
+        transport.write(
+            PREFACE
+            + frame(SETTINGS, 0, 0, settings)
+            + frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", MAX_WINDOW - DEFAULT_WINDOW))
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f": {exc}" if exc else ""
+        self.fail(RpcError("UNAVAILABLE", f"connection to the engine lost{reason}"))
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        pos, end = 0, len(buffer)
+        try:
+            while end - pos >= 9:
+                length = int.from_bytes(buffer[pos : pos + 3], "big")
+                if end - pos < 9 + length:
+                    break
+                kind, flags, stream_id = struct.unpack_from(">BBI", buffer, pos + 3)
+                payload = bytes(buffer[pos + 9 : pos + 9 + length])
+                pos += 9 + length
+                self._on_frame(kind, flags, stream_id & LAST_STREAM_ID, payload)
+        except (HPACKError, ValueError, struct.error) as exc:
+            self._protocol_error(f"undecodable frame from the engine: {exc!r}")
+            return
+        del buffer[:pos]
+
+    def _protocol_error(self, text: str) -> None:
+        self.fail(RpcError("INTERNAL", text))
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- frames ------------------------------------------------------------------
+
+    def _on_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if self._header_block is not None and kind != CONTINUATION:
+            raise ValueError("header block interrupted before END_HEADERS")
+        if kind == DATA:
+            self._on_data(flags, stream_id, payload)
+        elif kind == HEADERS:
+            self._on_headers(flags, stream_id, payload)
+        elif kind == CONTINUATION:
+            self._on_continuation(flags, stream_id, payload)
+        elif kind == SETTINGS:
+            self._on_settings(flags, payload)
+        elif kind == WINDOW_UPDATE:
+            self._on_window_update(stream_id, payload)
+        elif kind == PING:
+            if not flags & ACK:
+                self._write(frame(PING, ACK, 0, payload))
+        elif kind == RST_STREAM:
+            (code,) = struct.unpack(">I", payload[:4])
+            name = H2_ERRORS.get(code, hex(code))
+            refused = code == 0x7
+            grpc_code = "UNAVAILABLE" if refused else "CANCELLED" if code == CANCEL else "INTERNAL"
+            error = RpcError(grpc_code, f"stream reset by the engine: {name}", unprocessed=refused)
+            self._finish(stream_id, error)
+        elif kind == GOAWAY:
+            self._on_goaway(payload)
+        # PRIORITY, PUSH_PROMISE (disabled by our settings) and unknown types: ignored
+
+    def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
+        self._received += len(payload)  # padding included, as flow control counts it
+        if self._received >= REFILL_AT:
+            self._write(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self._received)))
+            self._received = 0
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        if flags & PADDED:
+            payload = payload[1 : len(payload) - payload[0]]
+        stream.body += payload
+        if len(stream.body) >= REFILL_AT:
+            self._protocol_error("response larger than 1 GiB")
+            return
+        if flags & END_STREAM:
+            self._finish(stream_id)
+
+    def _on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
+        start = 0
+        if flags & PADDED:
+            start, payload = 1, payload[: len(payload) - payload[0]]
+        if flags & PRIORITY_FLAG:
+            start += 5
+        fragment = bytearray(payload[start:])
+        if flags & END_HEADERS:
+            self._on_header_block(flags, stream_id, bytes(fragment))
+        else:
+            self._header_block = (stream_id, flags, fragment)
+
+    def _on_continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if self._header_block is None or self._header_block[0] != stream_id:
+            raise ValueError("CONTINUATION without its HEADERS")
+        block_stream, block_flags, fragment = self._header_block
+        fragment += payload
+        if flags & END_HEADERS:
+            self._header_block = None
+            self._on_header_block(block_flags, block_stream, bytes(fragment))
+
+    def _on_header_block(self, flags: int, stream_id: int, block: bytes) -> None:
+        headers = self._decoder.decode(block, raw=True)  # always: keeps the table in step
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        trailers = stream.headers or bool(flags & END_STREAM)
+        stream.headers = True
+        for name, value in headers:
+            if name == b":status" and value != b"200":
+                http = bytes(value).decode(errors="replace")
+                stream.status = _HTTP_TO_GRPC.get(http, "UNKNOWN")
+                stream.message = f"the engine answered HTTP {http}"
+            elif trailers and name == b"grpc-status" and stream.status is None:
+                stream.status = GRPC_CODES.get(int(value), "UNKNOWN")
+            elif trailers and name == b"grpc-message":
+                stream.message = unquote(bytes(value).decode(errors="replace"))
+        if flags & END_STREAM:
+            self._finish(stream_id)
+
+    def _on_settings(self, flags: int, payload: bytes) -> None:
+        if flags & ACK:
+            return
+        for offset in range(0, len(payload) - 5, 6):
+            key, value = struct.unpack_from(">HI", payload, offset)
+            if key == S_INITIAL_WINDOW:
+                delta, self._peer_window = value - self._peer_window, value
+                for stream in self._streams.values():
+                    stream.window += delta
+            elif key == S_MAX_FRAME:
+                self._peer_frame = value
+            elif key == S_MAX_CONCURRENT:
+                self._peer_streams = value
+        self._write(frame(SETTINGS, ACK, 0))
+        self._wake_window()
+        self._release_slot()
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def _on_window_update(self, stream_id: int, payload: bytes) -> None:
+        (increment,) = struct.unpack(">I", payload[:4])
+        increment &= MAX_WINDOW
+        if stream_id == 0:
+            self._send_window += increment
+        elif (stream := self._streams.get(stream_id)) is not None:
+            stream.window += increment
+        self._wake_window()
+
+    def _on_goaway(self, payload: bytes) -> None:
+        last, code = struct.unpack(">II", payload[:8])
+        last &= LAST_STREAM_ID
+        self.draining = True
+        debug = payload[8:].decode(errors="replace")
+        text = f"the engine is going away ({H2_ERRORS.get(code, hex(code))} {debug})".strip()
+        unprocessed = RpcError(
+            "UNAVAILABLE", f"{text}; the call was not processed", unprocessed=True
+        )
+        for stream_id in [s for s in self._streams if s > last]:
+            self._finish(stream_id, unprocessed)
+        if code != 0:
+            self.fail(RpcError("UNAVAILABLE", text))
+        elif self.idle and self._transport is not None:
+            self._transport.close()
+
+
+_HTTP_TO_GRPC = {"400": "INTERNAL", "401": "UNAUTHENTICATED", "403": "PERMISSION_DENIED",
+                 "404": "UNIMPLEMENTED", "429": "UNAVAILABLE", "502": "UNAVAILABLE",
+                 "503": "UNAVAILABLE", "504": "UNAVAILABLE"}  # fmt: skip
+
+
+def _outcome(stream: _Stream) -> RpcError | None:
+    """The error a finished stream ends with, or None when it carries one good message."""
+    if stream.status is None:
+        return RpcError("INTERNAL", "the engine ended the call without a grpc-status")
+    if stream.status != "OK":
+        return RpcError(stream.status, stream.message)
+    body = stream.body
+    if len(body) < 5:
+        return RpcError("INTERNAL", "the engine answered OK without a message")
+    if body[0] != 0:
+        return RpcError("INTERNAL", "the engine sent a compressed message (none was offered)")
+    if int.from_bytes(body[1:5], "big") != len(body) - 5:
+        return RpcError("INTERNAL", "the engine's answer is not exactly one message")
+    return None
+
+
+class UnaryChannel:
+    """Unary calls to one gRPC server, over one connection made on first use.
+
+    ``network`` is ``unix`` (``address`` a socket path) or ``tcp``
+    (``host:port``). A lost or draining connection is replaced by the next
+    call; a call the server never saw (see :class:`RpcError`) is sent once more.
+    """
+
+    def __init__(self, network: str, address: str, *, connect_timeout: float = 5.0) -> None:
+        self.network = network
+        self.address = address
+        self.connect_timeout = connect_timeout
+        self._connection: Connection | None = None
+        self._all: set[Connection] = set()  # draining ones finish their calls, then close
+        self._lock = asyncio.Lock()
+
+    async def call(self, path: str, request: bytes) -> bytes:
+        for attempt in range(RESENDS):
+            try:
+                return await (await self._usable()).unary(path, request)
+            except RpcError as exc:
+                if not exc.unprocessed or attempt == RESENDS - 1:
+                    raise
+                await asyncio.sleep(0.001 * attempt)  # a refused stream: the peer is at its limit
+        raise AssertionError("unreachable")
+
+    async def _usable(self) -> Connection:
+        connection = self._connection
+        if connection is not None and connection.usable:
+            return connection
+        async with self._lock:
+            connection = self._connection
+            if connection is None or not connection.usable:
+                self._all = {c for c in self._all if c.closed is None}
+                connection = self._connection = await self._dial()
+                self._all.add(connection)
+            return connection
+
+    async def _dial(self) -> Connection:
+        loop = asyncio.get_running_loop()
+        protocol: Connection | None = None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                if self.network == "unix":
+                    _, protocol = await loop.create_unix_connection(
+                        lambda: Connection("localhost"), self.address
+                    )
+                else:
+                    host, _, port = self.address.rpartition(":")
+                    _, protocol = await loop.create_connection(
+                        lambda: Connection(self.address), host.strip("[]"), int(port)
+                    )
+                await protocol.ready  # the peer's SETTINGS (stream limit, windows) come first
+        except (OSError, TimeoutError) as exc:
+            if protocol is not None:
+                protocol.close()
+            why = "no HTTP/2 SETTINGS" if protocol is not None else exc
+            raise RpcError(
+                "UNAVAILABLE",
+                f"cannot connect to the engine at {self.address} within "
+                f"{self.connect_timeout:g}s: {why or type(exc).__name__}",
+            ) from exc
+        return protocol
+
+    async def close(self) -> None:
+        async with self._lock:
+            for connection in self._all:
+                connection.close()
+            self._all.clear()
+            self._connection = None

@@ -1,0 +1,222 @@
+"""UnaryChannel (the plugin's HTTP/2 client for engine callbacks) against a grpc.aio server.
+
+grpc's C core is a strict HTTP/2 peer: it checks our preface, settings, flow
+control and header blocks, and sends us what a Go engine sends (SETTINGS,
+WINDOW_UPDATE, PING, GOAWAY, RST_STREAM, trailers-only errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from workflow_eventbus.plugin.unary import RpcError, UnaryChannel
+
+SERVICE = "test.Unary"
+ECHO, FAIL, HOLD = f"/{SERVICE}/Echo", f"/{SERVICE}/Fail", f"/{SERVICE}/Hold"
+
+
+class Server:
+    """A grpc.aio server answering Echo, Fail and Hold with raw bytes."""
+
+    def __init__(self, path: str, options: Sequence[tuple[str, Any]] = ()) -> None:
+        self.path = path
+        self.options = list(options)
+        self.active = 0
+        self.most_active = 0
+        self.release = asyncio.Event()
+        self.held = 0
+        self.cancelled = 0
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        methods = {
+            "Echo": grpc.unary_unary_rpc_method_handler(self._echo),
+            "Fail": grpc.unary_unary_rpc_method_handler(self._fail),
+            "Hold": grpc.unary_unary_rpc_method_handler(self._hold),
+        }
+        self.server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", -1), *self.options]
+        )
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, methods),)
+        )
+        self.server.add_insecure_port(f"unix:{self.path}")
+        await self.server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
+            self.server = None
+
+    async def _echo(self, request: bytes, context: Any) -> bytes:
+        self.active += 1
+        self.most_active = max(self.most_active, self.active)
+        try:
+            await asyncio.sleep(0.01 if request == b"slow" else 0)
+            return request
+        finally:
+            self.active -= 1
+
+    async def _fail(self, request: bytes, context: Any) -> bytes:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.decode())
+        raise AssertionError("abort returns by raising")
+
+    async def _hold(self, request: bytes, context: Any) -> bytes:
+        self.held += 1
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return request
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def socket_path() -> AsyncIterator[str]:
+    with tempfile.TemporaryDirectory(prefix="wfeb-unary-") as directory:
+        yield str(Path(directory) / "engine.sock")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def server(socket_path: str) -> AsyncIterator[Server]:
+    running = Server(socket_path)
+    await running.start()
+    yield running
+    running.release.set()
+    await running.stop(None)
+
+
+async def test_concurrent_calls_each_get_their_own_answer(server: Server) -> None:
+    channel = UnaryChannel("unix", server.path)
+    bodies = [os.urandom(i % 300) for i in range(300)]
+    answers = await asyncio.gather(*(channel.call(ECHO, body) for body in bodies))
+    assert answers == bodies
+    await channel.close()
+
+
+async def test_bodies_beyond_every_window_and_frame_size(server: Server) -> None:
+    # 3 MB both ways: cut to the peer's frame size, paced by its windows.
+    channel = UnaryChannel("unix", server.path)
+    bodies = [os.urandom(3_000_000), os.urandom(200_000), b""]
+    answers = await asyncio.gather(*(channel.call(ECHO, body) for body in bodies))
+    assert answers == bodies
+    assert await channel.call(ECHO, b"after") == b"after"
+    await channel.close()
+
+
+async def test_a_status_is_raised_with_its_code_and_details(server: Server) -> None:
+    channel = UnaryChannel("unix", server.path)
+    with pytest.raises(RpcError) as failed:
+        await channel.call(FAIL, "pipeline said no: 100% ünicode".encode())
+    assert failed.value.code == "INVALID_ARGUMENT"
+    assert failed.value.details == "pipeline said no: 100% ünicode"
+    with pytest.raises(RpcError) as missing:
+        await channel.call(f"/{SERVICE}/Nope", b"")
+    assert missing.value.code == "UNIMPLEMENTED"
+    assert await channel.call(ECHO, b"still fine") == b"still fine"
+    await channel.close()
+
+
+async def test_the_servers_stream_limit_queues_calls(socket_path: str) -> None:
+    limited = Server(socket_path, [("grpc.max_concurrent_streams", 2)])
+    await limited.start()
+    try:
+        channel = UnaryChannel("unix", socket_path)
+        answers = await asyncio.gather(*(channel.call(ECHO, b"slow") for _ in range(20)))
+        assert answers == [b"slow"] * 20
+        assert limited.most_active == 2
+        await channel.close()
+    finally:
+        await limited.stop(None)
+
+
+async def test_a_cancelled_call_resets_its_stream(server: Server) -> None:
+    channel = UnaryChannel("unix", server.path)
+    server.release.clear()
+    held = asyncio.create_task(channel.call(HOLD, b"x"))
+    while server.held == 0:
+        await asyncio.sleep(0.005)
+    held.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await held
+    async with asyncio.timeout(5):
+        while server.cancelled == 0:  # the server saw the RST_STREAM
+            await asyncio.sleep(0.005)
+    assert await channel.call(ECHO, b"next") == b"next"
+    await channel.close()
+
+
+async def test_a_lost_server_fails_open_calls_and_the_next_call_reconnects(
+    socket_path: str,
+) -> None:
+    first = Server(socket_path)
+    await first.start()
+    channel = UnaryChannel("unix", socket_path)
+    held = asyncio.create_task(channel.call(HOLD, b"x"))
+    while first.held == 0:
+        await asyncio.sleep(0.005)
+    await first.stop(0)
+    with pytest.raises(RpcError) as lost:
+        await held
+    assert lost.value.code in ("UNAVAILABLE", "CANCELLED")
+    assert not lost.value.unprocessed  # it reached the server: no silent resend
+    with pytest.raises(RpcError) as down:
+        await channel.call(ECHO, b"x")
+    assert down.value.code == "UNAVAILABLE"
+    second = Server(socket_path)
+    await second.start()
+    try:
+        assert await channel.call(ECHO, b"back") == b"back"
+    finally:
+        await channel.close()
+        await second.stop(None)
+
+
+async def test_a_graceful_shutdown_lets_open_calls_finish(socket_path: str) -> None:
+    draining = Server(socket_path)
+    await draining.start()
+    channel = UnaryChannel("unix", socket_path)
+    held = asyncio.create_task(channel.call(HOLD, b"finish me"))
+    while draining.held == 0:
+        await asyncio.sleep(0.005)
+    stopping = asyncio.create_task(draining.stop(5))  # GOAWAY, then wait for open calls
+    await asyncio.sleep(0.1)
+    draining.release.set()
+    assert await held == b"finish me"
+    await stopping
+    await channel.close()
+
+
+async def test_nothing_listening_is_unavailable_at_once(socket_path: str) -> None:
+    channel = UnaryChannel("unix", socket_path + ".none")
+    with pytest.raises(RpcError) as failed:
+        await channel.call(ECHO, b"")
+    assert failed.value.code == "UNAVAILABLE"
+    assert "cannot connect to the engine" in str(failed.value)
+
+
+async def test_a_peer_that_is_not_http2_times_out_with_a_clear_error(socket_path: str) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1 << 16)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        await writer.drain()
+
+    server = await asyncio.start_unix_server(silent, socket_path)
+    try:
+        channel = UnaryChannel("unix", socket_path, connect_timeout=0.5)
+        with pytest.raises(RpcError) as failed:
+            await channel.call(ECHO, b"")
+        assert failed.value.code in ("UNAVAILABLE", "INTERNAL")
+        await channel.close()
+    finally:
+        server.close()
+        await server.wait_closed()
