@@ -44,6 +44,7 @@ END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 S_ENABLE_PUSH, S_MAX_CONCURRENT, S_INITIAL_WINDOW, S_MAX_FRAME = 0x2, 0x3, 0x4, 0x5
 MAX_WINDOW = 2**31 - 1
 DEFAULT_WINDOW = 65535
+MAX_FRAME = 1 << 20  # the largest frame we accept (our SETTINGS_MAX_FRAME_SIZE)
 REFILL_AT = 2**30  # top our windows up once this much was received
 LAST_STREAM_ID = 2**31 - 1
 CANCEL = 0x8
@@ -133,6 +134,10 @@ class Connection(asyncio.Protocol):
         self._window_waiters: list[asyncio.Future[None]] = []
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._header_block: tuple[int, int, bytearray] | None = None  # stream, flags, fragments
+        self._loop = asyncio.get_running_loop()
+        self._outbox: list[bytes] = []
+        self._decoded: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        self._table_mark: tuple[int, object] = (0, None)
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closed: RpcError | None = None
         self.draining = False
@@ -192,8 +197,21 @@ class Connection(asyncio.Protocol):
             sent += room
 
     def _write(self, data: bytes) -> None:
-        if self._transport is not None and self.closed is None:
-            self._transport.write(data)
+        """Queue frames; calls started in one loop iteration share one socket write."""
+        if self.closed is None:
+            if not self._outbox:
+                self._loop.call_soon(self._flush)
+            self._outbox.append(data)
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        if outbox and self._transport is not None and self.closed is None:
+            self._transport.write(b"".join(outbox))
+
+    def _hang_up(self) -> None:
+        if self._transport is not None:
+            self._flush()
+            self._transport.close()
 
     async def _wait_window(self) -> None:
         waiter = asyncio.get_running_loop().create_future()
@@ -227,8 +245,8 @@ class Connection(asyncio.Protocol):
         if stream is None:
             return
         self._release_slot()
-        if self.draining and not self._streams and self._transport is not None:
-            self._transport.close()  # a drained connection is done
+        if self.draining and not self._streams:
+            self._hang_up()  # a drained connection is done
         if stream.done.done():
             return
         if error is None:
@@ -261,7 +279,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         settings = struct.pack(
-            ">HIHIHI", S_ENABLE_PUSH, 0, S_INITIAL_WINDOW, MAX_WINDOW, S_MAX_FRAME, 1 << 20
+            ">HIHIHI", S_ENABLE_PUSH, 0, S_INITIAL_WINDOW, MAX_WINDOW, S_MAX_FRAME, MAX_FRAME
         )
         transport.write(
             PREFACE
@@ -280,6 +298,8 @@ class Connection(asyncio.Protocol):
         try:
             while end - pos >= 9:
                 length = int.from_bytes(buffer[pos : pos + 3], "big")
+                if length > MAX_FRAME:
+                    raise ValueError(f"a {length}-byte frame exceeds our SETTINGS_MAX_FRAME_SIZE")
                 if end - pos < 9 + length:
                     break
                 kind, flags, stream_id = struct.unpack_from(">BBI", buffer, pos + 3)
@@ -364,7 +384,7 @@ class Connection(asyncio.Protocol):
             self._on_header_block(block_flags, block_stream, bytes(fragment))
 
     def _on_header_block(self, flags: int, stream_id: int, block: bytes) -> None:
-        headers = self._decoder.decode(block, raw=True)  # always: keeps the table in step
+        headers = self._decode(block)
         stream = self._streams.get(stream_id)
         if stream is None:
             return
@@ -372,15 +392,35 @@ class Connection(asyncio.Protocol):
         stream.headers = True
         for name, value in headers:
             if name == b":status" and value != b"200":
-                http = bytes(value).decode(errors="replace")
+                http = value.decode(errors="replace")
                 stream.status = _HTTP_TO_GRPC.get(http, "UNKNOWN")
                 stream.message = f"the engine answered HTTP {http}"
             elif trailers and name == b"grpc-status" and stream.status is None:
                 stream.status = GRPC_CODES.get(int(value), "UNKNOWN")
             elif trailers and name == b"grpc-message":
-                stream.message = unquote(bytes(value).decode(errors="replace"))
+                stream.message = unquote(value.decode(errors="replace"))
         if flags & END_STREAM:
             self._finish(stream_id)
+
+    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        """Decode every block in order (keeps the table in step), remembering the ones that
+        left the dynamic table as it was: a server repeats those for every call."""
+        mark = self._table()
+        if mark[0] != self._table_mark[0] or mark[1] is not self._table_mark[1]:
+            self._decoded.clear()
+            self._table_mark = mark
+        headers = self._decoded.get(block)
+        if headers is None:
+            headers = [(bytes(n), bytes(v)) for n, v in self._decoder.decode(block, raw=True)]
+            after = self._table()
+            if after[0] == mark[0] and after[1] is mark[1] and len(self._decoded) < 64:
+                self._decoded[block] = headers
+        return headers
+
+    def _table(self) -> tuple[int, object]:
+        """The decoder's table state: new entries go in front, evictions shorten it."""
+        entries = self._decoder.header_table.dynamic_entries  # hpack 4.x
+        return len(entries), entries[0] if entries else None
 
     def _on_settings(self, flags: int, payload: bytes) -> None:
         if flags & ACK:
@@ -423,8 +463,8 @@ class Connection(asyncio.Protocol):
             self._finish(stream_id, unprocessed)
         if code != 0:
             self.fail(RpcError("UNAVAILABLE", text))
-        elif self.idle and self._transport is not None:
-            self._transport.close()
+        elif self.idle:
+            self._hang_up()
 
 
 _HTTP_TO_GRPC = {"400": "INTERNAL", "401": "UNAUTHENTICATED", "403": "PERMISSION_DENIED",

@@ -1,0 +1,92 @@
+"""The HTTP/2 unary client's frame handling, fed bytes directly (no server)."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+import pytest
+from hpack import Encoder
+
+from workflow_eventbus.plugin import unary
+from workflow_eventbus.plugin.unary import Connection, RpcError, frame
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def connected() -> tuple[Connection, FakeTransport]:
+    connection = Connection("localhost")
+    transport = FakeTransport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    connection.data_received(frame(unary.SETTINGS, 0, 0))
+    return connection, transport
+
+
+def _as_bytes(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(name.encode(), value.encode()) for name, value in headers]
+
+
+async def test_header_blocks_decode_in_step_with_the_servers_table() -> None:
+    # A server indexes what it sends (content-type, grpc-status, custom values)
+    # and later refers to its table; evictions follow a table-size change.
+    connection, _ = connected()
+    encoder = Encoder()
+    # ("x", "b") added in front makes index 62 name it: the same bytes that named
+    # ("x", "a") a block earlier must now decode differently.
+    blocks: list[list[tuple[str, str]]] = [[("x", "a")], [("x", "a")], [("x", "b")], [("x", "b")]]
+    for i in range(40):
+        blocks.append([(":status", "200"), ("content-type", "application/grpc")])
+        blocks.append([("grpc-status", "0"), ("x-call", str(i % 7))])
+        if i == 20:
+            encoder.header_table_size = 128  # the next block carries a size update and evicts
+    for headers in blocks:
+        assert connection._decode(encoder.encode(headers)) == _as_bytes(headers)
+
+
+async def test_a_frame_beyond_our_max_size_fails_the_connection() -> None:
+    connection, transport = connected()
+    call = asyncio.ensure_future(connection.unary("/s/M", b"x"))
+    await asyncio.sleep(0)
+    header = struct.pack(">I", unary.MAX_FRAME + 1)[1:] + struct.pack(">BBI", unary.DATA, 0, 1)
+    connection.data_received(header)
+    with pytest.raises(RpcError) as failed:
+        await call
+    assert failed.value.code == "INTERNAL"
+    assert transport.closed
+
+
+async def test_a_trailers_only_answer_is_the_status_it_names() -> None:
+    connection, _ = connected()
+    call = asyncio.ensure_future(connection.unary("/s/M", b"x"))
+    await asyncio.sleep(0)
+    block = Encoder().encode(
+        [(":status", "200"), ("grpc-status", "5"), ("grpc-message", "no%20such%20workflow")]
+    )
+    connection.data_received(frame(unary.HEADERS, unary.END_HEADERS | unary.END_STREAM, 1, block))
+    with pytest.raises(RpcError) as failed:
+        await call
+    assert (failed.value.code, failed.value.details) == ("NOT_FOUND", "no such workflow")
+    assert connection.idle
+
+
+async def test_calls_started_together_share_one_write() -> None:
+    connection, transport = connected()
+    await asyncio.sleep(0)  # our SETTINGS ACK goes out
+    transport.written.clear()
+    calls: list[Any] = [asyncio.ensure_future(connection.unary("/s/M", b"x")) for _ in range(8)]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert len(transport.written) == 1
+    connection.close()
+    await asyncio.gather(*calls, return_exceptions=True)
