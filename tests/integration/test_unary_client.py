@@ -80,6 +80,17 @@ class Server:
         return request
 
 
+async def hold_one(server: Server, body: bytes) -> tuple[UnaryChannel, asyncio.Task[bytes]]:
+    """A channel to ``server`` with one call parked in the server's Hold method."""
+    channel = UnaryChannel("unix", server.path)
+    server.release.clear()
+    held = asyncio.create_task(channel.call(HOLD, body))
+    async with asyncio.timeout(5):
+        while server.held == 0:
+            await asyncio.sleep(0.005)
+    return channel, held
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def socket_path() -> AsyncIterator[str]:
     with tempfile.TemporaryDirectory(prefix="wfeb-unary-") as directory:
@@ -101,6 +112,8 @@ async def test_concurrent_calls_each_get_their_own_answer(server: Server) -> Non
     answers = await asyncio.gather(*(channel.call(ECHO, body) for body in bodies))
     assert answers == bodies
     await channel.close()
+    with pytest.raises(RpcError, match="closed"):  # no new connection after close
+        await channel.call(ECHO, b"late")
 
 
 async def test_bodies_beyond_every_window_and_frame_size(server: Server) -> None:
@@ -140,11 +153,7 @@ async def test_the_servers_stream_limit_queues_calls(socket_path: str) -> None:
 
 
 async def test_a_cancelled_call_resets_its_stream(server: Server) -> None:
-    channel = UnaryChannel("unix", server.path)
-    server.release.clear()
-    held = asyncio.create_task(channel.call(HOLD, b"x"))
-    while server.held == 0:
-        await asyncio.sleep(0.005)
+    channel, held = await hold_one(server, b"x")
     held.cancel()
     with pytest.raises(asyncio.CancelledError):
         await held
@@ -160,10 +169,7 @@ async def test_a_lost_server_fails_open_calls_and_the_next_call_reconnects(
 ) -> None:
     first = Server(socket_path)
     await first.start()
-    channel = UnaryChannel("unix", socket_path)
-    held = asyncio.create_task(channel.call(HOLD, b"x"))
-    while first.held == 0:
-        await asyncio.sleep(0.005)
+    channel, held = await hold_one(first, b"x")
     await first.stop(0)
     with pytest.raises(RpcError) as lost:
         await held
@@ -184,10 +190,7 @@ async def test_a_lost_server_fails_open_calls_and_the_next_call_reconnects(
 async def test_a_graceful_shutdown_lets_open_calls_finish(socket_path: str) -> None:
     draining = Server(socket_path)
     await draining.start()
-    channel = UnaryChannel("unix", socket_path)
-    held = asyncio.create_task(channel.call(HOLD, b"finish me"))
-    while draining.held == 0:
-        await asyncio.sleep(0.005)
+    channel, held = await hold_one(draining, b"finish me")
     stopping = asyncio.create_task(draining.stop(5))  # GOAWAY, then wait for open calls
     await asyncio.sleep(0.1)
     draining.release.set()

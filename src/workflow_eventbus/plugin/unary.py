@@ -503,6 +503,7 @@ class UnaryChannel:
         self._connection: Connection | None = None
         self._all: set[Connection] = set()  # draining ones finish their calls, then close
         self._lock = asyncio.Lock()
+        self._closed = False
 
     async def call(self, path: str, request: bytes) -> bytes:
         for attempt in range(RESENDS):
@@ -519,6 +520,8 @@ class UnaryChannel:
         if connection is not None and connection.usable:
             return connection
         async with self._lock:
+            if self._closed:
+                raise RpcError("UNAVAILABLE", "the callback channel was closed")
             connection = self._connection
             if connection is None or not connection.usable:
                 self._all = {c for c in self._all if c.closed is None}
@@ -554,6 +557,7 @@ class UnaryChannel:
 
     async def close(self) -> None:
         async with self._lock:
+            self._closed = True
             for connection in self._all:
                 connection.close()
             self._all.clear()
