@@ -139,6 +139,18 @@ async def test_a_status_is_raised_with_its_code_and_details(server: Server) -> N
     await channel.close()
 
 
+async def test_an_early_answer_stops_a_body_still_being_sent(server: Server) -> None:
+    # The server refuses an unknown method on its headers; our 3 MB body is then
+    # still waiting for window space and must not keep the call open.
+    channel = UnaryChannel("unix", server.path)
+    async with asyncio.timeout(10):
+        with pytest.raises(RpcError) as missing:
+            await channel.call(f"/{SERVICE}/Nope", os.urandom(3_000_000))
+    assert missing.value.code == "UNIMPLEMENTED"
+    assert await channel.call(ECHO, b"next") == b"next"
+    await channel.close()
+
+
 async def test_the_servers_stream_limit_queues_calls(socket_path: str) -> None:
     limited = Server(socket_path, [("grpc.max_concurrent_streams", 2)])
     await limited.start()

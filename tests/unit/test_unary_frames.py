@@ -90,3 +90,17 @@ async def test_calls_started_together_share_one_write() -> None:
     assert len(transport.written) == 1
     connection.close()
     await asyncio.gather(*calls, return_exceptions=True)
+
+
+async def test_a_reset_stops_a_body_waiting_for_window_space() -> None:
+    connection, transport = connected()
+    call = asyncio.ensure_future(connection.unary("/s/M", b"x" * 200_000))  # > 65,535 window
+    await asyncio.sleep(0)
+    connection.data_received(frame(unary.RST_STREAM, 0, 1, struct.pack(">I", 0x2)))
+    async with asyncio.timeout(1):
+        with pytest.raises(RpcError) as failed:
+            await call
+    assert failed.value.code == "INTERNAL"
+    await asyncio.sleep(0)
+    sent = b"".join(transport.written)
+    assert len(sent) < 70_000  # the window's worth, nothing after the reset

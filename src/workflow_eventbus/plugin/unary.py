@@ -183,12 +183,10 @@ class Connection(asyncio.Protocol):
             return
         self._write(headers)
         view, sent = memoryview(body), 0
-        while sent < size:
+        while sent < size and not stream.done.done():  # the server may answer (or reset) early
             room = min(self._send_window, stream.window, self._peer_frame, size - sent)
             if room <= 0:
                 await self._wait_window()
-                if stream.done.done():  # reset or failed while we waited
-                    return
                 continue
             self._send_window -= room
             stream.window -= room
@@ -245,6 +243,8 @@ class Connection(asyncio.Protocol):
         if stream is None:
             return
         self._release_slot()
+        if self._window_waiters:
+            self._wake_window()  # a body waiting for window space stops sending
         if self.draining and not self._streams:
             self._hang_up()  # a drained connection is done
         if stream.done.done():
