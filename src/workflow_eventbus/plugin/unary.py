@@ -70,8 +70,12 @@ class RpcError(ProviderError):
         super().__init__(f"{code}: {details}")
 
 
+_FRAME_HEAD = struct.Struct(">BHBBI")  # 24-bit length, type, flags, stream id
+
+
 def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-    return struct.pack(">I", len(payload))[1:] + struct.pack(">BBI", kind, flags, stream) + payload
+    size = len(payload)
+    return _FRAME_HEAD.pack(size >> 16, size & 0xFFFF, kind, flags, stream) + payload
 
 
 def _literal(index: int, value: str) -> bytes:
@@ -106,8 +110,8 @@ def request_headers(path: str, authority: str) -> bytes:
 class _Stream:
     __slots__ = ("body", "done", "headers", "message", "status", "window")
 
-    def __init__(self, window: int) -> None:
-        self.done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    def __init__(self, window: int, done: asyncio.Future[bytes]) -> None:
+        self.done = done
         self.body = bytearray()
         self.window = window
         self.headers = False  # the response headers arrived (the next block is trailers)
@@ -138,7 +142,7 @@ class Connection(asyncio.Protocol):
         self._outbox: list[bytes] = []
         self._decoded: dict[bytes, list[tuple[bytes, bytes]]] = {}
         self._table_mark: tuple[int, object] = (0, None)
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.ready: asyncio.Future[None] = self._loop.create_future()
         self.closed: RpcError | None = None
         self.draining = False
 
@@ -159,7 +163,7 @@ class Connection(asyncio.Protocol):
             raise RpcError("UNAVAILABLE", "connection closing", unprocessed=True)
         stream_id = self._next_id
         self._next_id += 2
-        stream = self._streams[stream_id] = _Stream(self._peer_window)
+        stream = self._streams[stream_id] = _Stream(self._peer_window, self._loop.create_future())
         block = self._blocks.get(path)
         if block is None:
             block = self._blocks[path] = request_headers(path, self._authority)
@@ -212,7 +216,7 @@ class Connection(asyncio.Protocol):
             self._transport.close()
 
     async def _wait_window(self) -> None:
-        waiter = asyncio.get_running_loop().create_future()
+        waiter = self._loop.create_future()
         self._window_waiters.append(waiter)
         await waiter
 
@@ -223,7 +227,7 @@ class Connection(asyncio.Protocol):
                 waiter.set_result(None)
 
     async def _wait_slot(self) -> None:
-        waiter = asyncio.get_running_loop().create_future()
+        waiter = self._loop.create_future()
         self._slot_waiters.append(waiter)
         try:
             await waiter
