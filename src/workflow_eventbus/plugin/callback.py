@@ -24,7 +24,6 @@ log = logging.getLogger("workflow_eventbus.plugin")
 
 _SERVICE = ppb.DESCRIPTOR.services_by_name["EngineCallbackService"].full_name
 TRIGGER_WORKFLOW = f"/{_SERVICE}/TriggerWorkflow"
-LOG = f"/{_SERVICE}/Log"
 
 
 class CallbackClient:
@@ -85,12 +84,6 @@ class CallbackClient:
         response = ppb.ErrorResponse.FromString(answer)
         if response.error:
             raise ProviderError(f"trigger {trigger_type}: workflow failed: {response.error}")
-
-    async def log(self, level: str, message: str) -> None:
-        if self._channel is not None:
-            await self._channel.call(
-                LOG, ppb.LogRequest(level=level, message=message).SerializeToString()
-            )
 
     async def close(self) -> None:
         channel, self._channel = self._channel, None

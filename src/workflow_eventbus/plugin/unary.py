@@ -32,7 +32,7 @@ from typing import cast
 from urllib.parse import unquote
 
 import grpc
-from hpack import Decoder
+from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
 from hpack.exceptions import HPACKError
 
 from ..errors import ProviderError
@@ -47,7 +47,8 @@ DEFAULT_WINDOW = 65535
 MAX_FRAME = 1 << 20  # the largest frame we accept (our SETTINGS_MAX_FRAME_SIZE)
 REFILL_AT = 2**30  # top our windows up once this much was received
 LAST_STREAM_ID = 2**31 - 1
-CANCEL = 0x8
+CANCEL, REFUSED_STREAM = 0x8, 0x7  # RST_STREAM codes
+MAX_RESPONSE = 2**30  # bytes; a larger answer fails the connection
 RESENDS = 8  # sends of a call the server never processed (see RpcError.unprocessed)
 H2_ERRORS = {
     0x0: "NO_ERROR", 0x1: "PROTOCOL_ERROR", 0x2: "INTERNAL_ERROR", 0x3: "FLOW_CONTROL_ERROR",
@@ -78,33 +79,18 @@ def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     return _FRAME_HEAD.pack(size >> 16, size & 0xFFFF, kind, flags, stream) + payload
 
 
-def _literal(index: int, value: str) -> bytes:
-    """A header field, literal without indexing, name from the static table (RFC 7541 6.2.2)."""
-    raw = value.encode()
-    name = bytes([index]) if index < 15 else bytes([15, index - 15])
-    return name + _hpack_int(len(raw), 7) + raw
-
-
-def _hpack_int(value: int, prefix: int) -> bytes:
-    limit = (1 << prefix) - 1
-    if value < limit:
-        return bytes([value])
-    out, value = [limit], value - limit
-    while value >= 128:
-        out.append(value % 128 + 128)
-        value //= 128
-    return bytes([*out, value])
-
-
 def request_headers(path: str, authority: str) -> bytes:
-    """The constant header block of a gRPC unary request to ``path``."""
-    return (
-        b"\x83\x86"  # :method POST, :scheme http (static table 3, 6)
-        + _literal(4, path)
-        + _literal(1, authority)
-        + _literal(31, "application/grpc")
-        + b"\x00\x02te\x08trailers"
-    )
+    """The constant header block of a gRPC unary request to ``path``: never-indexed
+    literals, so encoding it leaves no state in the peer's decoder table."""
+    fields = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", authority),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
+    return Encoder().encode([NeverIndexedHeaderTuple(n, v) for n, v in fields], huffman=False)
 
 
 class _Stream:
@@ -274,7 +260,10 @@ class Connection(asyncio.Protocol):
             self.ready.set_exception(error)
 
     def close(self) -> None:
-        self.fail(RpcError("UNAVAILABLE", "the callback channel was closed"))
+        self._abort(RpcError("UNAVAILABLE", "the callback channel was closed"))
+
+    def _abort(self, error: RpcError) -> None:
+        self.fail(error)
         if self._transport is not None:
             self._transport.close()
 
@@ -311,14 +300,9 @@ class Connection(asyncio.Protocol):
                 pos += 9 + length
                 self._on_frame(kind, flags, stream_id & LAST_STREAM_ID, payload)
         except (HPACKError, ValueError, struct.error) as exc:
-            self._protocol_error(f"undecodable frame from the engine: {exc!r}")
+            self._abort(RpcError("INTERNAL", f"undecodable frame from the engine: {exc!r}"))
             return
         del buffer[:pos]
-
-    def _protocol_error(self, text: str) -> None:
-        self.fail(RpcError("INTERNAL", text))
-        if self._transport is not None:
-            self._transport.close()
 
     # -- frames ------------------------------------------------------------------
 
@@ -341,7 +325,7 @@ class Connection(asyncio.Protocol):
         elif kind == RST_STREAM:
             (code,) = struct.unpack(">I", payload[:4])
             name = H2_ERRORS.get(code, hex(code))
-            refused = code == 0x7
+            refused = code == REFUSED_STREAM
             grpc_code = "UNAVAILABLE" if refused else "CANCELLED" if code == CANCEL else "INTERNAL"
             error = RpcError(grpc_code, f"stream reset by the engine: {name}", unprocessed=refused)
             self._finish(stream_id, error)
@@ -360,8 +344,8 @@ class Connection(asyncio.Protocol):
         if flags & PADDED:
             payload = payload[1 : len(payload) - payload[0]]
         stream.body += payload
-        if len(stream.body) >= REFILL_AT:
-            self._protocol_error("response larger than 1 GiB")
+        if len(stream.body) >= MAX_RESPONSE:
+            self._abort(RpcError("INTERNAL", "the engine's answer is larger than 1 GiB"))
             return
         if flags & END_STREAM:
             self._finish(stream_id)
@@ -497,7 +481,8 @@ class UnaryChannel:
 
     ``network`` is ``unix`` (``address`` a socket path) or ``tcp``
     (``host:port``). A lost or draining connection is replaced by the next
-    call; a call the server never saw (see :class:`RpcError`) is sent once more.
+    call; a call the server never saw (see :class:`RpcError`) is sent again, up to
+    ``RESENDS`` times.
     """
 
     def __init__(self, network: str, address: str, *, connect_timeout: float = 5.0) -> None:
