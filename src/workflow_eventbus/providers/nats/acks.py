@@ -32,6 +32,8 @@ from collections.abc import Callable, Sequence
 
 from nats.aio.client import Client as NatsClient
 
+from ...lifecycle import cancel_and_wait
+
 log = logging.getLogger("workflow_eventbus.nats")
 
 ACK_LINGER = 0.001  # seconds an ack waits in the outbox for others to share its write
@@ -111,10 +113,7 @@ class AckConfirmer:
         tasks = [t for t in (self._writer, self._confirmer) if t is not None]
         self._writer = self._confirmer = None
         for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)  # the confirmer's flush can swallow one cancel
         written = self._confirming + self._unconfirmed
         stale = min(self._confirming_since, self._unconfirmed_since) != self._epoch
         unwritten, self._outbox = self._outbox, []
