@@ -41,6 +41,9 @@ class Service(abc.ABC):
 async def cancel_and_wait(task: asyncio.Task[object]) -> None:
     """Cancel ``task`` and wait until it has finished, cancelling again if it carries on.
 
+    For loops with no cleanup of their own: a repeated cancel would cut a
+    ``finally`` block short.
+
     On Python 3.11 ``asyncio.wait_for`` drops a cancellation that arrives as its
     inner future completes (nats-py's ``flush`` uses it), so a loop can swallow one
     cancel and go on to wait forever; an owner awaiting it would hang with it."""

@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from .errors import BrokerUnavailableError, EventbusError
+from .lifecycle import cancel_and_wait
 from .providers.base import AckAction, Delivery, OutboundMessage, Provider, rfc3339
 
 log = logging.getLogger("workflow_eventbus.subscriber")
@@ -220,9 +221,7 @@ class Subscription:
                 await self._drain()
                 await self._release_held()
             finally:
-                keepalive.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await keepalive
+                await cancel_and_wait(keepalive)  # its wait_for can swallow one cancel
 
     def _fetch_ahead(self) -> asyncio.Task[list[Delivery]] | None:
         if not self._last_full or self._stopping.is_set():
