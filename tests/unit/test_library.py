@@ -269,8 +269,11 @@ async def test_trigger_delivers_data_and_acks(bus):
     ("payload", "headers"),
     [
         (b'{"order": 1, "items": [1, "a", null, true], "nested": {"x": 1.5}}', {}),
+        (b'{"a": null, "b": true, "c": {}, "d": {"e": [{"f": null}], "g": false}, "h": 1e300}', {}),
+        ('{"\u00e9": "\u00fc", "n": {"deep": {"deeper": {"s": "t", "z": 0}}}}'.encode(), {}),
         (b'[1, {"a": "b"}, []]', {"k": "v", "Nats-Msg-Id": "m-1"}),
         (b'"just a string"', {}),
+        (b"{}", {}),
         (b"42", {}),
         (b"false", {}),
         (b"null", {}),

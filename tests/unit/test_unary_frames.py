@@ -104,3 +104,50 @@ async def test_a_reset_stops_a_body_waiting_for_window_space() -> None:
     await asyncio.sleep(0)
     sent = b"".join(transport.written)
     assert len(sent) < 70_000  # the window's worth, nothing after the reset
+
+
+def _answer(connection: Connection, stream_id: int, message: bytes) -> None:
+    encoder = Encoder()
+    body = b"\x00" + struct.pack(">I", len(message)) + message
+    connection.data_received(
+        frame(unary.HEADERS, unary.END_HEADERS, stream_id, encoder.encode([(":status", "200")]))
+        + frame(unary.DATA, 0, stream_id, body)
+        + frame(
+            unary.HEADERS,
+            unary.END_HEADERS | unary.END_STREAM,
+            stream_id,
+            encoder.encode([("grpc-status", "0")]),
+        )
+    )
+
+
+async def _until(predicate: Any) -> None:
+    async with asyncio.timeout(1):
+        while not predicate():
+            await asyncio.sleep(0)
+
+
+async def test_a_refused_call_is_sent_again_on_the_channel() -> None:
+    connection, _ = connected()
+    channel = unary.UnaryChannel("unix", "/nonexistent")
+    channel._connection = connection
+    call = asyncio.ensure_future(channel.call("/s/M", b"x"))
+    await _until(lambda: 1 in connection._streams)
+    refused = struct.pack(">I", unary.REFUSED_STREAM)
+    connection.data_received(frame(unary.RST_STREAM, 0, 1, refused))
+    await _until(lambda: 3 in connection._streams)  # the same call on a new stream
+    _answer(connection, 3, b"done")
+    assert await call == b"done"
+
+
+async def test_a_call_the_server_saw_is_not_sent_again() -> None:
+    connection, _ = connected()
+    channel = unary.UnaryChannel("unix", "/nonexistent")
+    channel._connection = connection
+    call = asyncio.ensure_future(channel.call("/s/M", b"x"))
+    await _until(lambda: 1 in connection._streams)
+    connection.data_received(frame(unary.RST_STREAM, 0, 1, struct.pack(">I", 0x2)))
+    with pytest.raises(RpcError) as failed:
+        await call
+    assert (failed.value.code, failed.value.unprocessed) == ("INTERNAL", False)
+    assert connection._next_id == 3  # no second stream was opened

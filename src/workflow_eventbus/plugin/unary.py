@@ -154,8 +154,17 @@ class Connection(asyncio.Protocol):
         if block is None:
             block = self._blocks[path] = request_headers(path, self._authority)
         body = b"\x00" + struct.pack(">I", len(request)) + request
+        size = len(body)
         try:
-            await self._send(stream_id, stream, block, body)
+            if size <= min(self._send_window, stream.window, self._peer_frame):  # the common case
+                self._send_window -= size
+                stream.window -= size
+                self._write(
+                    frame(HEADERS, END_HEADERS, stream_id, block)
+                    + frame(DATA, END_STREAM, stream_id, body)
+                )
+            else:
+                await self._send_paced(stream_id, stream, block, body)
             return await stream.done
         except asyncio.CancelledError:
             if self._streams.pop(stream_id, None) is not None:
@@ -163,15 +172,10 @@ class Connection(asyncio.Protocol):
                 self._release_slot()
             raise
 
-    async def _send(self, stream_id: int, stream: _Stream, block: bytes, body: bytes) -> None:
-        headers = frame(HEADERS, END_HEADERS, stream_id, block)
+    async def _send_paced(self, stream_id: int, stream: _Stream, block: bytes, body: bytes) -> None:
+        """A body larger than a frame or than the windows: frame by frame as they open."""
         size = len(body)
-        if size <= min(self._send_window, stream.window, self._peer_frame):  # the common case
-            self._send_window -= size
-            stream.window -= size
-            self._write(headers + frame(DATA, END_STREAM, stream_id, body))
-            return
-        self._write(headers)
+        self._write(frame(HEADERS, END_HEADERS, stream_id, block))
         view, sent = memoryview(body), 0
         while sent < size and not stream.done.done():  # the server may answer (or reset) early
             room = min(self._send_window, stream.window, self._peer_frame, size - sent)
@@ -495,13 +499,17 @@ class UnaryChannel:
         self._closed = False
 
     async def call(self, path: str, request: bytes) -> bytes:
-        for attempt in range(RESENDS):
+        connection = self._connection
+        if connection is None or not connection.usable:
+            connection = await self._usable()
+        for attempt in range(1, RESENDS + 1):
             try:
-                return await (await self._usable()).unary(path, request)
+                return await connection.unary(path, request)
             except RpcError as exc:
-                if not exc.unprocessed or attempt == RESENDS - 1:
+                if not exc.unprocessed or attempt == RESENDS:
                     raise
-                await asyncio.sleep(0.001 * attempt)  # a refused stream: the peer is at its limit
+            await asyncio.sleep(0.001 * (attempt - 1))  # refused: the peer is at its limit
+            connection = await self._usable()
         raise AssertionError("unreachable")
 
     async def _usable(self) -> Connection:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+from operator import itemgetter
 
 from nats.aio.msg import Msg
 from nats.errors import NotJSMessageError
@@ -31,8 +33,9 @@ def header_size(headers: dict[str, str]) -> int:
 # <consumer seq>.<timestamp ns>.<pending>, or with <domain>.<account hash> after ACK.
 _V1_TOKENS = 9
 _V2_MIN_TOKENS = 11
-_V1_FIELDS: tuple[int, ...] = (2, 3, 4, 5, 7)
-_V2_FIELDS: tuple[int, ...] = (4, 5, 6, 7, 9)
+_Picker = Callable[[list[str]], tuple[str, str, str, str, str]]
+_V1_FIELDS: _Picker = itemgetter(2, 3, 4, 5, 7)  # stream, consumer, delivered, seq, timestamp
+_V2_FIELDS: _Picker = itemgetter(4, 5, 6, 7, 9)
 
 
 def delivery(msg: Msg, stream: str, consumer: str) -> Delivery:
@@ -41,17 +44,17 @@ def delivery(msg: Msg, stream: str, consumer: str) -> Delivery:
     reply = msg.reply
     tokens = reply.split(".")
     count = len(tokens)
-    fields: tuple[int, ...]
+    fields: _Picker | None
     if count == _V1_TOKENS:
         fields = _V1_FIELDS
     elif count >= _V2_MIN_TOKENS:
         fields = _V2_FIELDS
     else:
-        fields = ()
-    if not fields or tokens[0] != "$JS" or tokens[1] != "ACK":
+        fields = None
+    if fields is None or tokens[0] != "$JS" or tokens[1] != "ACK":
         msg.metadata  # noqa: B018 - raises nats-py's own error for a non-JetStream reply
         raise NotJSMessageError
-    name, durable, delivered, sequence, stamp = (tokens[i] for i in fields)
+    name, durable, delivered, sequence, stamp = fields(tokens)
     return Delivery(
         stream=name or stream,
         consumer=durable or consumer,
@@ -70,7 +73,8 @@ def ack_body(action: AckAction, delay: float | None) -> bytes:
         if delay < 0:
             raise RequestError("delay", "must be zero or positive", value=delay, fix='e.g. "5s"')
         return b'-NAK {"delay": %d}' % round(delay * 1e9)
-    return _ACK_BODY[AckAction(action)]
+    body = _ACK_BODY.get(action)  # AckAction is an IntEnum: its plain int finds it too
+    return body if body is not None else _ACK_BODY[AckAction(action)]  # ValueError: unknown
 
 
 def check_token(token: str) -> None:
