@@ -51,7 +51,7 @@ async def test_header_blocks_decode_in_step_with_the_servers_table() -> None:
         if i == 20:
             encoder.header_table_size = 128  # the next block carries a size update and evicts
     for headers in blocks:
-        assert connection._decode(encoder.encode(headers)) == _as_bytes(headers)
+        assert connection._decode(encoder.encode(headers)).headers == _as_bytes(headers)
 
 
 async def test_a_frame_beyond_our_max_size_fails_the_connection() -> None:
@@ -151,3 +151,32 @@ async def test_a_call_the_server_saw_is_not_sent_again() -> None:
         await call
     assert (failed.value.code, failed.value.unprocessed) == ("INTERNAL", False)
     assert connection._next_id == 3  # no second stream was opened
+
+
+async def test_an_answer_arriving_byte_by_byte_is_the_same_answer() -> None:
+    connection, _ = connected()
+    calls = [asyncio.ensure_future(connection.unary("/s/M", b"x")) for _ in range(2)]
+    await _until(lambda: len(connection._streams) == 2)
+    whole = FakeTransport()
+    spare = Connection("localhost")  # records what _answer would feed, to split it up
+    spare.data_received = whole.write  # type: ignore[method-assign]
+    _answer(spare, 1, b"first" * 1000)
+    _answer(spare, 3, b"second")
+    for byte in b"".join(whole.written):
+        connection.data_received(bytes([byte]))
+    assert await calls[0] == b"first" * 1000
+    assert await calls[1] == b"second"
+
+
+async def test_an_http_error_status_names_the_grpc_code() -> None:
+    connection, _ = connected()
+    call = asyncio.ensure_future(connection.unary("/s/M", b"x"))
+    await _until(lambda: 1 in connection._streams)
+    block = Encoder().encode([(":status", "503")])
+    connection.data_received(frame(unary.HEADERS, unary.END_HEADERS | unary.END_STREAM, 1, block))
+    with pytest.raises(RpcError) as failed:
+        await call
+    assert (failed.value.code, failed.value.details) == (
+        "UNAVAILABLE",
+        "the engine answered HTTP 503",
+    )

@@ -29,33 +29,50 @@ import asyncio
 import struct
 from collections import deque
 from typing import cast
-from urllib.parse import unquote
 
-import grpc
-from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
+from hpack import Decoder
 from hpack.exceptions import HPACKError
 
 from ..errors import ProviderError
+from .h2wire import (
+    ACK,
+    CANCEL,
+    CONTINUATION,
+    DATA,
+    DATA_HEAD,
+    DEFAULT_WINDOW,
+    END_HEADERS,
+    END_STREAM,
+    FRAME_HEAD,
+    GOAWAY,
+    H2_ERRORS,
+    HEADERS,
+    LAST_STREAM_ID,
+    MAX_FRAME,
+    MAX_WINDOW,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY_FLAG,
+    REFUSED_STREAM,
+    RST_STREAM,
+    S_ENABLE_PUSH,
+    S_INITIAL_WINDOW,
+    S_MAX_CONCURRENT,
+    S_MAX_FRAME,
+    SETTINGS,
+    SMALL_BODY,
+    WINDOW_UPDATE,
+    Block,
+    frame,
+    frame_head,
+    read_block,
+    request_headers,
+)
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
-WINDOW_UPDATE, CONTINUATION = 8, 9
-END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
-S_ENABLE_PUSH, S_MAX_CONCURRENT, S_INITIAL_WINDOW, S_MAX_FRAME = 0x2, 0x3, 0x4, 0x5
-MAX_WINDOW = 2**31 - 1
-DEFAULT_WINDOW = 65535
-MAX_FRAME = 1 << 20  # the largest frame we accept (our SETTINGS_MAX_FRAME_SIZE)
 REFILL_AT = 2**30  # top our windows up once this much was received
-LAST_STREAM_ID = 2**31 - 1
-CANCEL, REFUSED_STREAM = 0x8, 0x7  # RST_STREAM codes
 MAX_RESPONSE = 2**30  # bytes; a larger answer fails the connection
 RESENDS = 8  # sends of a call the server never processed (see RpcError.unprocessed)
-H2_ERRORS = {
-    0x0: "NO_ERROR", 0x1: "PROTOCOL_ERROR", 0x2: "INTERNAL_ERROR", 0x3: "FLOW_CONTROL_ERROR",
-    0x5: "STREAM_CLOSED", 0x6: "FRAME_SIZE_ERROR", 0x7: "REFUSED_STREAM", 0x8: "CANCEL",
-    0x9: "COMPRESSION_ERROR", 0xB: "ENHANCE_YOUR_CALM",
-}  # fmt: skip
-GRPC_CODES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 class RpcError(ProviderError):
@@ -69,28 +86,6 @@ class RpcError(ProviderError):
         self.details = details
         self.unprocessed = unprocessed
         super().__init__(f"{code}: {details}")
-
-
-_FRAME_HEAD = struct.Struct(">BHBBI")  # 24-bit length, type, flags, stream id
-
-
-def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-    size = len(payload)
-    return _FRAME_HEAD.pack(size >> 16, size & 0xFFFF, kind, flags, stream) + payload
-
-
-def request_headers(path: str, authority: str) -> bytes:
-    """The constant header block of a gRPC unary request to ``path``: never-indexed
-    literals, so encoding it leaves no state in the peer's decoder table."""
-    fields = [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", path),
-        (":authority", authority),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ]
-    return Encoder().encode([NeverIndexedHeaderTuple(n, v) for n, v in fields], huffman=False)
 
 
 class _Stream:
@@ -112,7 +107,8 @@ class Connection(asyncio.Protocol):
         self._authority = authority
         self._blocks: dict[str, bytes] = {}
         self._transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
+        self._buffer = bytearray()  # the start of a frame that has not fully arrived
+        self._need = 9  # bytes the buffer must hold before it is parsed again
         self._decoder = Decoder()
         self._streams: dict[int, _Stream] = {}
         self._next_id = 1
@@ -126,7 +122,7 @@ class Connection(asyncio.Protocol):
         self._header_block: tuple[int, int, bytearray] | None = None  # stream, flags, fragments
         self._loop = asyncio.get_running_loop()
         self._outbox: list[bytes] = []
-        self._decoded: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        self._decoded: dict[bytes, Block] = {}
         self._table_mark: tuple[int, object] = (0, None)
         self.ready: asyncio.Future[None] = self._loop.create_future()
         self.closed: RpcError | None = None
@@ -153,17 +149,23 @@ class Connection(asyncio.Protocol):
         block = self._blocks.get(path)
         if block is None:
             block = self._blocks[path] = request_headers(path, self._authority)
-        body = b"\x00" + struct.pack(">I", len(request)) + request
-        size = len(body)
+        size = len(request) + 5  # the gRPC message prefix: compressed flag, length
         try:
-            if size <= min(self._send_window, stream.window, self._peer_frame):  # the common case
+            if size <= min(self._send_window, stream.window, self._peer_frame, SMALL_BODY):
                 self._send_window -= size
                 stream.window -= size
                 self._write(
-                    frame(HEADERS, END_HEADERS, stream_id, block)
-                    + frame(DATA, END_STREAM, stream_id, body)
+                    b"".join(
+                        (
+                            frame_head(len(block), HEADERS, END_HEADERS, stream_id),
+                            block,
+                            DATA_HEAD.pack(size, DATA, END_STREAM, stream_id, 0, len(request)),
+                            request,
+                        )
+                    )
                 )
             else:
+                body = b"\x00" + struct.pack(">I", len(request)) + request
                 await self._send_paced(stream_id, stream, block, body)
             return await stream.done
         except asyncio.CancelledError:
@@ -246,7 +248,7 @@ class Connection(asyncio.Protocol):
         if error is None:
             error = _outcome(stream)
         if error is None:
-            stream.done.set_result(bytes(stream.body[5:]))
+            stream.done.set_result(bytes(memoryview(stream.body)[5:]))
         else:
             stream.done.set_exception(error)
 
@@ -290,23 +292,42 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
-        buffer += data
-        pos, end = 0, len(buffer)
+        if buffer:
+            buffer += data
+            if len(buffer) < self._need:
+                return  # a large frame still arriving: parse it once it is complete
+            data = bytes(buffer)
+            buffer.clear()
+        pos, end = 0, len(data)
         try:
             while end - pos >= 9:
-                length = int.from_bytes(buffer[pos : pos + 3], "big")
+                high, low, kind, flags, stream_id = FRAME_HEAD.unpack_from(data, pos)
+                length = high << 16 | low
                 if length > MAX_FRAME:
                     raise ValueError(f"a {length}-byte frame exceeds our SETTINGS_MAX_FRAME_SIZE")
-                if end - pos < 9 + length:
+                stop = pos + 9 + length
+                if stop > end:
                     break
-                kind, flags, stream_id = struct.unpack_from(">BBI", buffer, pos + 3)
-                payload = bytes(buffer[pos + 9 : pos + 9 + length])
-                pos += 9 + length
-                self._on_frame(kind, flags, stream_id & LAST_STREAM_ID, payload)
+                payload = data[pos + 9 : stop]
+                pos = stop
+                stream_id &= LAST_STREAM_ID
+                if self._header_block is not None:
+                    self._on_frame(kind, flags, stream_id, payload)
+                elif kind == DATA:  # the two kinds of every call, without the dispatch
+                    self._on_data(flags, stream_id, payload)
+                elif (
+                    kind == HEADERS
+                    and flags & (END_HEADERS | PADDED | PRIORITY_FLAG) == END_HEADERS
+                ):
+                    self._on_header_block(flags, stream_id, payload)
+                else:
+                    self._on_frame(kind, flags, stream_id, payload)
         except (HPACKError, ValueError, struct.error) as exc:
             self._abort(RpcError("INTERNAL", f"undecodable frame from the engine: {exc!r}"))
             return
-        del buffer[:pos]
+        if pos < end:
+            buffer += memoryview(data)[pos:]
+            self._need = 9 + int.from_bytes(data[pos : pos + 3], "big") if end - pos >= 9 else 9
 
     # -- frames ------------------------------------------------------------------
 
@@ -376,43 +397,40 @@ class Connection(asyncio.Protocol):
             self._on_header_block(block_flags, block_stream, bytes(fragment))
 
     def _on_header_block(self, flags: int, stream_id: int, block: bytes) -> None:
-        headers = self._decode(block)
+        said = self._decode(block)
         stream = self._streams.get(stream_id)
         if stream is None:
             return
         trailers = stream.headers or bool(flags & END_STREAM)
         stream.headers = True
-        for name, value in headers:
-            if name == b":status" and value != b"200":
-                http = value.decode(errors="replace")
-                stream.status = _HTTP_TO_GRPC.get(http, "UNKNOWN")
-                stream.message = f"the engine answered HTTP {http}"
-            elif trailers and name == b"grpc-status" and stream.status is None:
-                stream.status = GRPC_CODES.get(int(value), "UNKNOWN")
-            elif trailers and name == b"grpc-message":
-                stream.message = unquote(value.decode(errors="replace"))
+        if said.http_error is not None:
+            stream.status, stream.message = said.http_error
+        if trailers:
+            if said.grpc_status is not None and stream.status is None:
+                stream.status = said.grpc_status
+            if said.grpc_message is not None:
+                stream.message = said.grpc_message
         if flags & END_STREAM:
             self._finish(stream_id)
 
-    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+    def _decode(self, block: bytes) -> Block:
         """Decode every block in order (keeps the table in step), remembering the ones that
         left the dynamic table as it was: a server repeats those for every call."""
-        mark = self._table()
+        entries = self._decoder.header_table.dynamic_entries  # hpack 4.x
+        mark = (len(entries), entries[0] if entries else None)
         if mark[0] != self._table_mark[0] or mark[1] is not self._table_mark[1]:
             self._decoded.clear()
             self._table_mark = mark
-        headers = self._decoded.get(block)
-        if headers is None:
-            headers = [(bytes(n), bytes(v)) for n, v in self._decoder.decode(block, raw=True)]
-            after = self._table()
-            if after[0] == mark[0] and after[1] is mark[1] and len(self._decoded) < 64:
-                self._decoded[block] = headers
-        return headers
-
-    def _table(self) -> tuple[int, object]:
-        """The decoder's table state: new entries go in front, evictions shorten it."""
-        entries = self._decoder.header_table.dynamic_entries  # hpack 4.x
-        return len(entries), entries[0] if entries else None
+        said = self._decoded.get(block)
+        if said is None:
+            said = read_block(
+                [(bytes(n), bytes(v)) for n, v in self._decoder.decode(block, raw=True)]
+            )
+            entries = self._decoder.header_table.dynamic_entries
+            unchanged = len(entries) == mark[0] and (entries[0] if entries else None) is mark[1]
+            if unchanged and len(self._decoded) < 64:
+                self._decoded[block] = said
+        return said
 
     def _on_settings(self, flags: int, payload: bytes) -> None:
         if flags & ACK:
@@ -457,11 +475,6 @@ class Connection(asyncio.Protocol):
             self.fail(RpcError("UNAVAILABLE", text))
         elif self.idle:
             self._hang_up()
-
-
-_HTTP_TO_GRPC = {"400": "INTERNAL", "401": "UNAUTHENTICATED", "403": "PERMISSION_DENIED",
-                 "404": "UNIMPLEMENTED", "429": "UNAVAILABLE", "502": "UNAVAILABLE",
-                 "503": "UNAVAILABLE", "504": "UNAVAILABLE"}  # fmt: skip
 
 
 def _outcome(stream: _Stream) -> RpcError | None:
