@@ -81,5 +81,5 @@ def read_block(headers: list[tuple[bytes, bytes]]) -> Block:
 
 
 HTTP_TO_GRPC = {"400": "INTERNAL", "401": "UNAUTHENTICATED", "403": "PERMISSION_DENIED",
-                 "404": "UNIMPLEMENTED", "429": "UNAVAILABLE", "502": "UNAVAILABLE",
-                 "503": "UNAVAILABLE", "504": "UNAVAILABLE"}  # fmt: skip
+                "404": "UNIMPLEMENTED", "429": "UNAVAILABLE", "502": "UNAVAILABLE",
+                "503": "UNAVAILABLE", "504": "UNAVAILABLE"}  # fmt: skip
