@@ -416,7 +416,8 @@ class Connection(asyncio.Protocol):
     def _decode(self, block: bytes) -> Block:
         """Decode every block in order (keeps the table in step), remembering the ones that
         left the dynamic table as it was: a server repeats those for every call."""
-        entries = self._decoder.header_table.dynamic_entries  # hpack 4.x
+        # The table's state: new entries go in front, evictions shorten it (hpack 4.x).
+        entries = self._decoder.header_table.dynamic_entries
         mark = (len(entries), entries[0] if entries else None)
         if mark[0] != self._table_mark[0] or mark[1] is not self._table_mark[1]:
             self._decoded.clear()
