@@ -135,6 +135,11 @@ def results_json(outcomes: Iterable[Outcome]) -> dict[str, Any]:
             "p99_ms": round(out.percentile_ms(99), 4),
             "baseline": out.scenario.baseline,
             "ratio": None if ratio is None else round(ratio, 3),
+            # Per round, in order: the spread behind the medians above.
+            "rounds": {
+                "rates": [round(sample.rate, 1) for sample in out.samples],
+                "ratios": [round(value, 3) for value in out.ratios],
+            },
         }
     return {"scenarios": scenarios}
 
