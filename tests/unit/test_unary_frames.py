@@ -127,26 +127,31 @@ async def _until(predicate: Any) -> None:
             await asyncio.sleep(0)
 
 
-async def test_a_refused_call_is_sent_again_on_the_channel() -> None:
+async def _call_on_channel() -> tuple[Connection, asyncio.Future[bytes]]:
+    """A channel's call on a fed connection, once the call's stream (id 1) is open."""
     connection, _ = connected()
     channel = unary.UnaryChannel("unix", "/nonexistent")
     channel._connection = connection
     call = asyncio.ensure_future(channel.call("/s/M", b"x"))
     await _until(lambda: 1 in connection._streams)
-    refused = struct.pack(">I", unary.REFUSED_STREAM)
-    connection.data_received(frame(unary.RST_STREAM, 0, 1, refused))
+    return connection, call
+
+
+def _reset(connection: Connection, stream_id: int, code: int) -> None:
+    connection.data_received(frame(unary.RST_STREAM, 0, stream_id, struct.pack(">I", code)))
+
+
+async def test_a_refused_call_is_sent_again_on_the_channel() -> None:
+    connection, call = await _call_on_channel()
+    _reset(connection, 1, unary.REFUSED_STREAM)
     await _until(lambda: 3 in connection._streams)  # the same call on a new stream
     _answer(connection, 3, b"done")
     assert await call == b"done"
 
 
 async def test_a_call_the_server_saw_is_not_sent_again() -> None:
-    connection, _ = connected()
-    channel = unary.UnaryChannel("unix", "/nonexistent")
-    channel._connection = connection
-    call = asyncio.ensure_future(channel.call("/s/M", b"x"))
-    await _until(lambda: 1 in connection._streams)
-    connection.data_received(frame(unary.RST_STREAM, 0, 1, struct.pack(">I", 0x2)))
+    connection, call = await _call_on_channel()
+    _reset(connection, 1, 0x2)  # INTERNAL_ERROR: the server had the call
     with pytest.raises(RpcError) as failed:
         await call
     assert (failed.value.code, failed.value.unprocessed) == ("INTERNAL", False)
