@@ -5,7 +5,8 @@ stand-in and plugin process. Plugin B spends ``--extra-us`` microseconds more CP
 on every trigger message (a busy loop added through a ``sitecustomize`` module on
 its PYTHONPATH; the product code is untouched). Rounds alternate A and B; each
 runs ``max_in_flight`` 16 then 1 and prints the rates, the CPU per message of the
-plugin and of the bench process (which hosts the engine stand-in), and the ratio.
+plugin, the bench process (which hosts the engine stand-in) and nats-server, and
+the ratio.
 
 The summary gives B's change against A in the ratio and in each rate; with
 ``--extra-us 0`` it is an A/A run (the spread for identical plugins). Usage,
@@ -62,14 +63,26 @@ class Side:
     pid: int
     rows: list[dict[str, float]] = field(default_factory=list)
 
-    async def sample(self, mif: int, count: int) -> tuple[float, float, float]:
-        """(rate, plugin CPU us/msg, bench CPU us/msg) of one trigger run."""
-        plugin0, bench0 = process_cpu(self.pid), time.process_time()
+    async def sample(self, mif: int, count: int) -> dict[str, float]:
+        """Rate and CPU us per message of the plugin, bench and nats-server for one run."""
+        nats_pid = self.env.nats_server.pid
+        assert nats_pid is not None, "the nats-server has not started"
+        before = process_cpu(self.pid), time.process_time(), process_cpu(nats_pid)
         run = self.paths.trigger_16 if mif == 16 else self.paths.trigger_1
         got = await run(count, 30.0)
-        plugin = (process_cpu(self.pid) - plugin0) / got.count * 1e6
-        bench = (time.process_time() - bench0) / got.count * 1e6
-        return got.rate, plugin, bench
+        after = process_cpu(self.pid), time.process_time(), process_cpu(nats_pid)
+        plugin, bench, nats = (
+            (b - a) / got.count * 1e6 for a, b in zip(before, after, strict=True)
+        )
+        return {f"r{mif}": got.rate, f"p{mif}": plugin, f"b{mif}": bench, f"n{mif}": nats}
+
+
+def describe(row: dict[str, float], mif: int) -> str:
+    """One trigger run's figures (``row`` may hold medians)."""
+    return (
+        f"mif{mif} {row[f'r{mif}']:.0f}/s plugin {row[f'p{mif}']:.0f}us "
+        f"bench {row[f'b{mif}']:.0f}us nats {row[f'n{mif}']:.0f}us"
+    )
 
 
 async def start_side(name: str, pythonpath: str | None) -> Side:
@@ -89,31 +102,30 @@ async def start_side(name: str, pythonpath: str | None) -> Side:
 
 def summary(side: Side) -> float:
     """Print one side's medians; return the ratio of its summed rates."""
-    med = statistics.median
     rows = side.rows
+    medians = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
     ratio = sum(r["r16"] for r in rows) / sum(r["r1"] for r in rows)
-    cpu16 = med(r["p16"] for r in rows)
+    per_round = statistics.median(r["r16"] / r["r1"] for r in rows)
     print(
-        f"{side.name}: mif16 {med(r['r16'] for r in rows):.0f}/s plugin {cpu16:.0f}us "
-        f"bench {med(r['b16'] for r in rows):.0f}us | mif1 {med(r['r1'] for r in rows):.0f}/s "
-        f"plugin {med(r['p1'] for r in rows):.0f}us | ratio median "
-        f"{med(r['r16'] / r['r1'] for r in rows):.2f}, of the summed rates {ratio:.2f}"
+        f"{side.name}: {describe(medians, 16)} | {describe(medians, 1)} | ratio median "
+        f"{per_round:.2f}, of the summed rates {ratio:.2f}"
     )
     return ratio
 
 
 async def main(args: argparse.Namespace, spin_dir: str) -> None:
-    sides = [await start_side("A", None), await start_side(f"B(+{args.extra_us}us)", spin_dir)]
+    spin = spin_dir if args.extra_us > 0 else None  # else an A/A run: B unchanged too
+    sides: list[Side] = []
     try:
+        sides.append(await start_side("A", None))
+        sides.append(await start_side(f"B(+{args.extra_us:g}us)", spin))
         for index in range(args.rounds):
             for side in sides if index % 2 == 0 else sides[::-1]:
-                r16, p16, b16 = await side.sample(16, args.n16)
-                r1, p1, _ = await side.sample(1, args.n1)
-                side.rows.append({"r16": r16, "p16": p16, "b16": b16, "r1": r1, "p1": p1})
+                row = await side.sample(16, args.n16) | await side.sample(1, args.n1)
+                side.rows.append(row)
                 print(
-                    f"round {index} {side.name}: mif16 {r16:.0f}/s plugin {p16:.0f}us "
-                    f"bench {b16:.0f}us | mif1 {r1:.0f}/s plugin {p1:.0f}us | "
-                    f"ratio {r16 / r1:.2f}",
+                    f"round {index} {side.name}: {describe(row, 16)} | {describe(row, 1)} | "
+                    f"ratio {row['r16'] / row['r1']:.2f}",
                     flush=True,
                 )
         ratio_a, ratio_b = summary(sides[0]), summary(sides[1])
