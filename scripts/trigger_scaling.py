@@ -33,7 +33,7 @@ from workflow_eventbus.bench.plugin_paths import PluginPaths
 
 SPIN_MODULE = """\
 import time
-import workflow_eventbus.trigger as trigger
+import workflow_eventbus.engine.trigger as trigger
 
 _fill, _clock, _extra = trigger.fill_trigger_struct, time.perf_counter, {extra!r}
 

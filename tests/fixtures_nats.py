@@ -9,7 +9,7 @@ import nats
 import pytest_asyncio
 from nats_provider_helpers import connected
 
-from workflow_eventbus.embedded import EmbeddedNats
+from workflow_eventbus.devservers.nats_server import EmbeddedNats
 from workflow_eventbus.providers.nats import NatsProvider
 
 

@@ -15,7 +15,7 @@ import psycopg
 import pytest_asyncio
 from psycopg import sql
 
-from workflow_eventbus.pg_server import PgServer
+from workflow_eventbus.devservers.postgres import PgServer
 
 ENV_DSN = "EVENTBUS_TEST_PG_DSN"
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
-from workflow_eventbus.config import decode
+from workflow_eventbus.core.config import decode
 from workflow_eventbus.providers.nats import NatsProvider
 
 _ids = itertools.count()

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from workflow_eventbus.runtime import EventBus
+from workflow_eventbus.engine.bus import EventBus
 
 _ids = itertools.count()
 
@@ -139,7 +139,7 @@ async def publish_all(
     give_up_after: float = 60.0,
 ) -> None:
     """Publish ``{"i": id}`` for each id, retrying failures with the same msg id."""
-    from workflow_eventbus.errors import EventbusError
+    from workflow_eventbus.core.errors import EventbusError
     from workflow_eventbus.providers.base import OutboundMessage
 
     for i in ids:

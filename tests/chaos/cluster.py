@@ -12,8 +12,8 @@ import socket
 import tempfile
 from pathlib import Path
 
-from workflow_eventbus.embedded import EmbeddedNats
-from workflow_eventbus.lifecycle import Service
+from workflow_eventbus.core.lifecycle import Service
+from workflow_eventbus.devservers.nats_server import EmbeddedNats
 
 
 def _free_port() -> int:

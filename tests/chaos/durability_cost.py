@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cluster import NatsCluster
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
-from workflow_eventbus.embedded import EmbeddedNats
-from workflow_eventbus.errors import EventbusError
+from workflow_eventbus.core.errors import EventbusError
+from workflow_eventbus.devservers.nats_server import EmbeddedNats
 from workflow_eventbus.providers.base import OutboundMessage
 from workflow_eventbus.providers.nats import NatsProvider
 

@@ -16,10 +16,10 @@ from cluster import NatsCluster
 from reliability_helpers import Tally, make_bus, publish_all, unique, until
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
-from workflow_eventbus.embedded import EmbeddedNats
-from workflow_eventbus.errors import EventbusError
-from workflow_eventbus.runtime import EventBus
-from workflow_eventbus.trigger import SubscribeTrigger
+from workflow_eventbus.core.errors import EventbusError
+from workflow_eventbus.devservers.nats_server import EmbeddedNats
+from workflow_eventbus.engine.bus import EventBus
+from workflow_eventbus.engine.trigger import SubscribeTrigger
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
 

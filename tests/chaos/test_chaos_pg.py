@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from reliability_helpers import Tally, make_bus, publish_all, unique, until
 
-from workflow_eventbus.pg_server import PgServer
-from workflow_eventbus.trigger import SubscribeTrigger
+from workflow_eventbus.devservers.postgres import PgServer
+from workflow_eventbus.engine.trigger import SubscribeTrigger
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 

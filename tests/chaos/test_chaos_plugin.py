@@ -18,8 +18,8 @@ import pytest
 from reliability_helpers import Tally, publish_all, unique, until
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
-from workflow_eventbus.dlq import open_store
-from workflow_eventbus.host import PluginHost, TriggerCall
+from workflow_eventbus.devservers.host import PluginHost, TriggerCall
+from workflow_eventbus.engine.dlq import open_store
 from workflow_eventbus.providers.nats import NatsProvider
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
-from workflow_eventbus.config import to_duration
+from workflow_eventbus.core.config import to_duration
 from workflow_eventbus.providers.base import Delivery, Provider
 
 KINDS = ["nats", "pgchannel", "memory"]

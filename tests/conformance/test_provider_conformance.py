@@ -13,8 +13,8 @@ import pytest
 from harness import Harness, eventually, fetch_until
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
-from workflow_eventbus.config import to_duration
-from workflow_eventbus.errors import (
+from workflow_eventbus.core.config import to_duration
+from workflow_eventbus.core.errors import (
     ConflictError,
     EventbusError,
     NotFoundError,

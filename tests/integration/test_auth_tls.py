@@ -29,11 +29,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
-from workflow_eventbus.embedded import EmbeddedNats
-from workflow_eventbus.errors import BrokerUnavailableError, EventbusError
+from workflow_eventbus.core.errors import BrokerUnavailableError, EventbusError
+from workflow_eventbus.devservers.nats_server import EmbeddedNats
+from workflow_eventbus.engine.bus import EventBus
 from workflow_eventbus.providers.base import OutboundMessage
 from workflow_eventbus.providers.nats import NatsProvider
-from workflow_eventbus.runtime import EventBus
 
 
 # --- generators -------------------------------------------------------------------

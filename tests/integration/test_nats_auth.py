@@ -11,8 +11,8 @@ import pytest
 import pytest_asyncio
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
-from workflow_eventbus.embedded import EmbeddedNats
-from workflow_eventbus.errors import BrokerUnavailableError, ConfigError
+from workflow_eventbus.core.errors import BrokerUnavailableError, ConfigError
+from workflow_eventbus.devservers.nats_server import EmbeddedNats
 from workflow_eventbus.providers.nats import NatsProvider
 
 PASSWORD = "pw-Secr3t-77"

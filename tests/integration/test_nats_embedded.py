@@ -8,8 +8,8 @@ from pathlib import Path
 import nats
 import pytest
 
-from workflow_eventbus.embedded import EmbeddedNats, find_server_binary
-from workflow_eventbus.errors import BrokerUnavailableError, ConfigError
+from workflow_eventbus.core.errors import BrokerUnavailableError, ConfigError
+from workflow_eventbus.devservers.nats_server import EmbeddedNats, find_server_binary
 
 
 async def test_starts_with_jetstream_on_loopback(nats_server: EmbeddedNats) -> None:

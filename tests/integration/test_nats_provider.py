@@ -17,7 +17,7 @@ from nats_provider_helpers import (
     unique,
 )
 
-from workflow_eventbus.errors import (
+from workflow_eventbus.core.errors import (
     ConflictError,
     NotFoundError,
     PayloadTooLargeError,

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
-from workflow_eventbus.embedded import EmbeddedNats
-from workflow_eventbus.errors import BrokerUnavailableError, EventbusError
+from workflow_eventbus.core.errors import BrokerUnavailableError, EventbusError
+from workflow_eventbus.devservers.nats_server import EmbeddedNats
 from workflow_eventbus.providers.base import AckAction, OutboundMessage
 from workflow_eventbus.providers.nats import NatsProvider
 

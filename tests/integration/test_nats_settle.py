@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from nats_provider_helpers import acked_all, connected, eventually, new_consumer, new_stream
 
-from workflow_eventbus.errors import NotFoundError, RequestError
+from workflow_eventbus.core.errors import NotFoundError, RequestError
 from workflow_eventbus.providers.base import AckAction, OutboundMessage
 from workflow_eventbus.providers.nats import NatsProvider
 

@@ -14,14 +14,14 @@ import pytest_asyncio
 from psycopg import sql
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
-from workflow_eventbus.config import to_duration
-from workflow_eventbus.errors import (
+from workflow_eventbus.core.config import to_duration
+from workflow_eventbus.core.errors import (
     BrokerUnavailableError,
     ConfigError,
     ConflictError,
     PayloadTooLargeError,
 )
-from workflow_eventbus.pg_server import PgServer
+from workflow_eventbus.devservers.postgres import PgServer
 from workflow_eventbus.providers.base import (
     CORRELATION_HEADER,
     LEGACY_CORRELATION_HEADER,

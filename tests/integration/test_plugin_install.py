@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from workflow_eventbus.host import PluginHost
+from workflow_eventbus.devservers.host import PluginHost
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -28,7 +28,7 @@ from google.protobuf import descriptor_pool, empty_pb2
 from workflow_eventbus import __version__
 from workflow_eventbus._proto import eventbus_pb2 as pb
 from workflow_eventbus._proto import plugin_pb2 as ppb
-from workflow_eventbus.host import PluginError, PluginHost, TriggerCall, plugin_command
+from workflow_eventbus.devservers.host import PluginError, PluginHost, TriggerCall, plugin_command
 from workflow_eventbus.plugin import contracts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -510,7 +510,7 @@ async def test_sigterm_is_graceful_and_sigint_ignored() -> None:
 
 PARENT = """
 import subprocess, sys
-from workflow_eventbus.host import engine_environment, plugin_command
+from workflow_eventbus.devservers.host import engine_environment, plugin_command
 child = subprocess.Popen(plugin_command(), env=engine_environment(), stdout=subprocess.PIPE)
 print(child.pid, child.stdout.readline().decode().strip(), flush=True)
 sys.stdin.read()

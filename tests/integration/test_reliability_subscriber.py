@@ -17,10 +17,10 @@ import pytest
 from reliability_helpers import json_lines, make_bus, run_cli, unique, until
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
-from workflow_eventbus.dlq import open_store
-from workflow_eventbus.runtime import EventBus
-from workflow_eventbus.steps import create_step
-from workflow_eventbus.trigger import SubscribeTrigger
+from workflow_eventbus.engine.bus import EventBus
+from workflow_eventbus.engine.dlq import open_store
+from workflow_eventbus.engine.steps import create_step
+from workflow_eventbus.engine.trigger import SubscribeTrigger
 
 
 @pytest.fixture(params=["nats", "pgchannel"])

@@ -18,7 +18,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from workflow_eventbus.plugin.unary import RpcError, UnaryChannel
+from workflow_eventbus.plugin.callbacks.h2 import RpcError, UnaryChannel
 
 SERVICE = "test.Unary"
 ECHO, FAIL, HOLD = f"/{SERVICE}/Echo", f"/{SERVICE}/Fail", f"/{SERVICE}/Hold"

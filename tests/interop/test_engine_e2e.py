@@ -23,7 +23,7 @@ import yaml
 from engine_harness import APPS, REPO, EngineServer, free_port, processes_in, wait_for
 from nats.js import JetStreamContext
 
-from workflow_eventbus.embedded import EmbeddedNats
+from workflow_eventbus.devservers.nats_server import EmbeddedNats
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
 

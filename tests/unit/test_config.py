@@ -6,9 +6,9 @@ import pytest
 from google.protobuf import struct_pb2
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
-from workflow_eventbus.config import decode, duration_seconds, parse_duration, parse_enum
-from workflow_eventbus.errors import ConfigError, redact
-from workflow_eventbus.validation import (
+from workflow_eventbus.core.config import decode, duration_seconds, parse_duration, parse_enum
+from workflow_eventbus.core.errors import ConfigError, redact
+from workflow_eventbus.core.validation import (
     env_key,
     env_url,
     validate_cluster,

@@ -10,8 +10,8 @@ from google.protobuf import descriptor_pool
 
 from workflow_eventbus import __version__
 from workflow_eventbus._proto import plugin_pb2 as ppb
-from workflow_eventbus.cli.cmd_install import dump_json
-from workflow_eventbus.names import MODULE_ALIASES, MODULE_TYPES, STEP_TYPES, TRIGGER_TYPES
+from workflow_eventbus.cli.install import dump_json
+from workflow_eventbus.core.names import MODULE_ALIASES, MODULE_TYPES, STEP_TYPES, TRIGGER_TYPES
 from workflow_eventbus.plugin import contracts
 
 ROOT = Path(__file__).resolve().parents[2]

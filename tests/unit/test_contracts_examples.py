@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 import yaml
 
-from workflow_eventbus.config import decode
-from workflow_eventbus.names import SUBSCRIBE, canonical_module_type
+from workflow_eventbus.core.config import decode
+from workflow_eventbus.core.names import SUBSCRIBE, canonical_module_type
+from workflow_eventbus.engine.bus import EventBus
+from workflow_eventbus.engine.trigger import parse_trigger_config
 from workflow_eventbus.plugin import contracts
-from workflow_eventbus.runtime import EventBus
-from workflow_eventbus.trigger import parse_trigger_config
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

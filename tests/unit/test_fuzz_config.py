@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
-from workflow_eventbus.config import decode
-from workflow_eventbus.errors import ConfigError, EventbusError
-from workflow_eventbus.runtime import EventBus
-from workflow_eventbus.trigger import parse_trigger_config
-from workflow_eventbus.validation import validate_subject
+from workflow_eventbus.core.config import decode
+from workflow_eventbus.core.errors import ConfigError, EventbusError
+from workflow_eventbus.core.validation import validate_subject
+from workflow_eventbus.engine.bus import EventBus
+from workflow_eventbus.engine.trigger import parse_trigger_config
 
 MESSAGES = [
     pb.ClusterConfig,

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
 from workflow_eventbus._proto import plugin_pb2 as ppb
-from workflow_eventbus.host import PluginHost
+from workflow_eventbus.devservers.host import PluginHost
 
 TYPES = [
     "eventbus.broker",

@@ -2,10 +2,10 @@
 
 import pytest
 
-from workflow_eventbus import iac
 from workflow_eventbus._proto import eventbus_pb2 as pb
-from workflow_eventbus.errors import ConfigError
-from workflow_eventbus.validation import TARGET_MATRIX
+from workflow_eventbus.core.errors import ConfigError
+from workflow_eventbus.core.validation import TARGET_MATRIX
+from workflow_eventbus.engine import iac
 
 GIB10 = 10 * 1024**3
 

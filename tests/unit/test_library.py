@@ -15,24 +15,24 @@ import pytest
 from google.protobuf import struct_pb2
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
-from workflow_eventbus.errors import (
+from workflow_eventbus.core.errors import (
     BrokerUnavailableError,
     ConfigError,
     NotFoundError,
     RequestError,
 )
-from workflow_eventbus.providers.base import Delivery
-from workflow_eventbus.providers.memory import MemoryBroker
-from workflow_eventbus.runtime import EventBus
-from workflow_eventbus.steps import create_step
-from workflow_eventbus.subscriber import DLQ_DELIVERIES, DLQ_ERROR, DLQ_SUBJECT
-from workflow_eventbus.trigger import (
+from workflow_eventbus.engine.bus import EventBus
+from workflow_eventbus.engine.steps import create_step
+from workflow_eventbus.engine.subscriber import DLQ_DELIVERIES, DLQ_ERROR, DLQ_SUBJECT
+from workflow_eventbus.engine.trigger import (
     SubscribeTrigger,
     decode_body,
     fill_trigger_struct,
     parse_trigger_config,
     trigger_data,
 )
+from workflow_eventbus.providers.base import Delivery
+from workflow_eventbus.providers.memory import MemoryBroker
 
 _ids = itertools.count()
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
-from workflow_eventbus.config import to_duration
-from workflow_eventbus.errors import ConfigError, RequestError
+from workflow_eventbus.core.config import to_duration
+from workflow_eventbus.core.errors import ConfigError, RequestError
 from workflow_eventbus.providers.pgchannel import mapping as m
 
 

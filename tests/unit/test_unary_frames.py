@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from hpack import Encoder
 
-from workflow_eventbus.plugin import unary
-from workflow_eventbus.plugin.unary import Connection, RpcError, frame
+from workflow_eventbus.plugin.callbacks import h2
+from workflow_eventbus.plugin.callbacks.h2 import Connection, RpcError, frame
 
 
 class FakeTransport:
@@ -29,7 +29,7 @@ def connected() -> tuple[Connection, FakeTransport]:
     connection = Connection("localhost")
     transport = FakeTransport()
     connection.connection_made(transport)  # type: ignore[arg-type]
-    connection.data_received(frame(unary.SETTINGS, 0, 0))
+    connection.data_received(frame(h2.SETTINGS, 0, 0))
     return connection, transport
 
 
@@ -58,7 +58,7 @@ async def test_a_frame_beyond_our_max_size_fails_the_connection() -> None:
     connection, transport = connected()
     call = asyncio.ensure_future(connection.unary("/s/M", b"x"))
     await asyncio.sleep(0)
-    header = struct.pack(">I", unary.MAX_FRAME + 1)[1:] + struct.pack(">BBI", unary.DATA, 0, 1)
+    header = struct.pack(">I", h2.MAX_FRAME + 1)[1:] + struct.pack(">BBI", h2.DATA, 0, 1)
     connection.data_received(header)
     with pytest.raises(RpcError) as failed:
         await call
@@ -73,7 +73,7 @@ async def test_a_trailers_only_answer_is_the_status_it_names() -> None:
     block = Encoder().encode(
         [(":status", "200"), ("grpc-status", "5"), ("grpc-message", "no%20such%20workflow")]
     )
-    connection.data_received(frame(unary.HEADERS, unary.END_HEADERS | unary.END_STREAM, 1, block))
+    connection.data_received(frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 1, block))
     with pytest.raises(RpcError) as failed:
         await call
     assert (failed.value.code, failed.value.details) == ("NOT_FOUND", "no such workflow")
@@ -96,7 +96,7 @@ async def test_a_reset_stops_a_body_waiting_for_window_space() -> None:
     connection, transport = connected()
     call = asyncio.ensure_future(connection.unary("/s/M", b"x" * 200_000))  # > 65,535 window
     await asyncio.sleep(0)
-    connection.data_received(frame(unary.RST_STREAM, 0, 1, struct.pack(">I", 0x2)))
+    connection.data_received(frame(h2.RST_STREAM, 0, 1, struct.pack(">I", 0x2)))
     async with asyncio.timeout(1):
         with pytest.raises(RpcError) as failed:
             await call
@@ -110,11 +110,11 @@ def _answer(connection: Connection, stream_id: int, message: bytes) -> None:
     encoder = Encoder()
     body = b"\x00" + struct.pack(">I", len(message)) + message
     connection.data_received(
-        frame(unary.HEADERS, unary.END_HEADERS, stream_id, encoder.encode([(":status", "200")]))
-        + frame(unary.DATA, 0, stream_id, body)
+        frame(h2.HEADERS, h2.END_HEADERS, stream_id, encoder.encode([(":status", "200")]))
+        + frame(h2.DATA, 0, stream_id, body)
         + frame(
-            unary.HEADERS,
-            unary.END_HEADERS | unary.END_STREAM,
+            h2.HEADERS,
+            h2.END_HEADERS | h2.END_STREAM,
             stream_id,
             encoder.encode([("grpc-status", "0")]),
         )
@@ -130,7 +130,7 @@ async def _until(predicate: Any) -> None:
 async def _call_on_channel() -> tuple[Connection, asyncio.Future[bytes]]:
     """A channel's call on a fed connection, once the call's stream (id 1) is open."""
     connection, _ = connected()
-    channel = unary.UnaryChannel("unix", "/nonexistent")
+    channel = h2.UnaryChannel("unix", "/nonexistent")
     channel._connection = connection
     call = asyncio.ensure_future(channel.call("/s/M", b"x"))
     await _until(lambda: 1 in connection._streams)
@@ -138,12 +138,12 @@ async def _call_on_channel() -> tuple[Connection, asyncio.Future[bytes]]:
 
 
 def _reset(connection: Connection, stream_id: int, code: int) -> None:
-    connection.data_received(frame(unary.RST_STREAM, 0, stream_id, struct.pack(">I", code)))
+    connection.data_received(frame(h2.RST_STREAM, 0, stream_id, struct.pack(">I", code)))
 
 
 async def test_a_refused_call_is_sent_again_on_the_channel() -> None:
     connection, call = await _call_on_channel()
-    _reset(connection, 1, unary.REFUSED_STREAM)
+    _reset(connection, 1, h2.REFUSED_STREAM)
     await _until(lambda: 3 in connection._streams)  # the same call on a new stream
     _answer(connection, 3, b"done")
     assert await call == b"done"
@@ -178,7 +178,7 @@ async def test_an_http_error_status_names_the_grpc_code() -> None:
     call = asyncio.ensure_future(connection.unary("/s/M", b"x"))
     await _until(lambda: 1 in connection._streams)
     block = Encoder().encode([(":status", "503")])
-    connection.data_received(frame(unary.HEADERS, unary.END_HEADERS | unary.END_STREAM, 1, block))
+    connection.data_received(frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 1, block))
     with pytest.raises(RpcError) as failed:
         await call
     assert (failed.value.code, failed.value.details) == (

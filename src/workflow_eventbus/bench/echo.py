@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 
 from .._proto import eventbus_pb2 as pb
-from ..errors import BrokerUnavailableError
+from ..core.errors import BrokerUnavailableError
 from .loops import run_loop
 
 SERVICE = "bench.Echo"

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from .._proto import plugin_pb2 as ppb
-from ..host.callback_server import CallbackServer, EngineCallbacks
+from ..devservers.host.callback_server import CallbackServer, EngineCallbacks
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 

@@ -11,11 +11,11 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext, JetStreamManager
 
 from .._proto import eventbus_pb2 as pb
-from ..embedded import EmbeddedNats
-from ..host import PluginHost
-from ..lifecycle import Service
+from ..core.lifecycle import Service
+from ..devservers.host import PluginHost
+from ..devservers.nats_server import EmbeddedNats
+from ..engine.bus import EventBus
 from ..plugin.transport import LOOP_ENV
-from ..runtime import EventBus
 from .core import PAYLOAD
 from .echo import EchoServer
 from .engine import TriggerSink, engine_stand_in

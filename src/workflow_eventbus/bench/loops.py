@@ -7,7 +7,7 @@ import importlib.util
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from ..signals import cancel_on_sigterm
+from ..core.signals import cancel_on_sigterm
 
 T = TypeVar("T")
 LOOPS = ("asyncio", "uvloop")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..names import SUBSCRIBE
+from ..core.names import SUBSCRIBE
 from .env import TRIGGER_16, BenchEnv
 from .runner import Settings
 

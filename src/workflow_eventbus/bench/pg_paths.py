@@ -9,9 +9,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from .._proto import eventbus_pb2 as pb
-from ..pg_server import PgServer
+from ..devservers.postgres import PgServer
+from ..engine.bus import EventBus
 from ..providers.base import AckAction, OutboundMessage, Provider
-from ..runtime import EventBus
 from .core import PAYLOAD, Outcome, Sample, Scenario, timed
 from .runner import Group, Settings, run_groups
 

@@ -9,8 +9,8 @@ import itertools
 from google.protobuf import duration_pb2
 
 from .._proto import eventbus_pb2 as pb
-from ..errors import ProviderError
-from ..names import SUBSCRIBE
+from ..core.errors import ProviderError
+from ..core.names import SUBSCRIBE
 from .core import PAYLOAD, Sample, timed
 from .env import PUB_STREAM, PUB_SUBJECT, STEP_FETCH, TRIGGER_1, TRIGGER_16, BenchEnv
 from .nats_paths import BATCH

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bench.loops import LOOPS, default_loop, run_loop
-from ..signals import EXIT_SIGTERM
+from ..core.signals import EXIT_SIGTERM
 
 
 def add_parser(subparsers: Any) -> None:

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._proto import eventbus_pb2 as pb
-from ..errors import ConfigError
-from ..host import PluginHost, TriggerCall
-from ..runtime import EventBus
+from ..core.errors import ConfigError
+from ..devservers.host import PluginHost, TriggerCall
+from ..engine.bus import EventBus
 
 STREAM = "DEMO_ORDERS"
 SUBJECT = "demo.orders.created"
@@ -86,12 +86,12 @@ async def broker_dsn(opts: DemoOptions) -> AsyncIterator[str]:
     if opts.dsn:
         yield opts.dsn
     elif opts.provider == "nats":
-        from ..embedded import EmbeddedNats
+        from ..devservers.nats_server import EmbeddedNats
 
         async with EmbeddedNats() as server:
             yield server.url
     elif opts.provider == "pgchannel":
-        from ..pg_server import PgServer
+        from ..devservers.postgres import PgServer
 
         async with PgServer() as pg:
             yield pg.dsn

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from .._proto import eventbus_pb2 as pb
-from ..config import decode
-from ..dlq import DEFAULT_LIMIT, DeadLetter, open_store, replay
-from ..errors import ConfigError, EventbusError
-from ..modules import DEAD_LETTER_STREAM
-from ..names import canonical_module_type
-from ..runtime import EventBus
+from ..core.config import decode
+from ..core.errors import ConfigError, EventbusError
+from ..core.names import canonical_module_type
+from ..engine.bus import EventBus
+from ..engine.dlq import DEFAULT_LIMIT, DeadLetter, open_store, replay
+from ..engine.modules import DEAD_LETTER_STREAM
 
 BROKER_TYPE = "eventbus.broker"
 

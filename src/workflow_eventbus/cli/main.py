@@ -4,32 +4,21 @@ With no arguments it behaves like any go-plugin binary: when the engine runs it
 (``WORKFLOW_PLUGIN=workflow-external-plugin-v1`` in the environment) it serves
 the plugin; otherwise it tells a person what it is and exits 1.
 
-Subcommands are plain modules with ``add_parser(sub)``; optional ones (written
-by other parts of the project) are picked up when their module exists.
+Each subcommand is a module of this package with ``add_parser(sub)``, listed
+in :data:`COMMANDS`; an import error in one fails the whole command loudly.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
+from .._version import __version__
+from . import bench, demo, dlq, install, manifest, migrate, serve
 
 # Each module provides add_parser(subparsers); the parser it adds sets `func`.
-CORE_COMMANDS = ("serve", "install", "manifest", "demo")
-OPTIONAL_COMMANDS = ("migrate", "bench", "dlq")
-
-
-def _command_modules() -> list[str]:
-    names = [f"{__package__}.cmd_{name}" for name in CORE_COMMANDS]
-    for name in OPTIONAL_COMMANDS:
-        module = f"{__package__}.{name}"
-        if importlib.util.find_spec(module) is not None:
-            names.append(module)
-    return names
+COMMANDS = (serve, install, manifest, demo, migrate, bench, dlq)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,10 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in _command_modules():
-        add = getattr(importlib.import_module(module), "add_parser", None)
-        if add is not None:  # an optional module still being written has none yet
-            add(sub)
+    for command in COMMANDS:
+        command.add_parser(sub)
     return parser
 
 

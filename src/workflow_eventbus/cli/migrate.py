@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from ..errors import ConfigError, EventbusError, redact
+from ..core.errors import ConfigError, EventbusError, redact
 from ..providers.pgchannel.migrations import (
     applied_versions,
     latest_version,

@@ -17,12 +17,11 @@ from typing import Any
 from google.protobuf import descriptor_pb2, empty_pb2, struct_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor
 
-from .. import __version__
 from .._proto import eventbus_pb2 as pb
 from .._proto import plugin_pb2 as ppb
-from ..config import enum_short_name, format_duration
-from ..modules import DEFAULT_CONNECT_TIMEOUT
-from ..names import (
+from .._version import __version__
+from ..core.config import enum_short_name, format_duration
+from ..core.names import (
     ACK_STEP,
     BROKER,
     CONSUME_STEP,
@@ -36,8 +35,9 @@ from ..names import (
     SUBSCRIBE,
     TRIGGER_TYPES,
 )
-from ..subscriber import DEFAULT_BACKOFF, DEFAULT_DRAIN_TIMEOUT
-from ..trigger import DEFAULT_ACK_WAIT, DEFAULT_MAX_IN_FLIGHT
+from ..engine.modules import DEFAULT_CONNECT_TIMEOUT
+from ..engine.subscriber import DEFAULT_BACKOFF, DEFAULT_DRAIN_TIMEOUT
+from ..engine.trigger import DEFAULT_ACK_WAIT, DEFAULT_MAX_IN_FLIGHT
 
 AUTHOR = "GoCodeAlone"
 DESCRIPTION = (

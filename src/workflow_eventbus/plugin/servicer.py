@@ -30,15 +30,15 @@ from google.protobuf.message import DecodeError, Message
 from .._proto import eventbus_pb2 as pb
 from .._proto import plugin_pb2 as ppb
 from .._proto import plugin_pb2_grpc as pgrpc
-from ..config import decode
-from ..errors import ConfigError, EventbusError, NotFoundError, RequestError
-from ..names import STEP_TYPES, SUBSCRIBE, TRIGGER_TYPES, canonical_module_type
+from ..core.config import decode
+from ..core.errors import ConfigError, EventbusError, NotFoundError, RequestError
+from ..core.names import STEP_TYPES, SUBSCRIBE, TRIGGER_TYPES, canonical_module_type
+from ..engine.bus import EventBus
+from ..engine.steps import create_step
+from ..engine.trigger import SubscribeTrigger, fill_trigger_struct
 from ..providers.base import Delivery
-from ..runtime import EventBus
-from ..steps import create_step
-from ..trigger import SubscribeTrigger, fill_trigger_struct
 from . import contracts
-from .callback import CallbackClient
+from .callbacks.client import CallbackClient
 
 log = logging.getLogger("workflow_eventbus.plugin")
 

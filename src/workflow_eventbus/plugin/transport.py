@@ -37,9 +37,9 @@ from .._proto import grpc_broker_pb2_grpc as bgrpc
 from .._proto import grpc_controller_pb2_grpc as cgrpc
 from .._proto import grpc_stdio_pb2_grpc as sgrpc
 from .._proto import plugin_pb2_grpc as pgrpc
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .broker import BrokerServicer, ConnInfoStore, ControllerServicer, StdioServicer
-from .callback import CallbackClient
+from .callbacks.client import CallbackClient
 
 UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 

@@ -3,10 +3,10 @@
 A provider owns one connection (or pool) to one broker. Everything above it
 (modules, steps, the subscribe loop, the plugin) talks only to this interface,
 so NATS, pgchannel and the in-memory double are interchangeable. Providers are
-async, safe to call concurrently, and raise only :mod:`workflow_eventbus.errors`.
+async, safe to call concurrently, and raise only :mod:`workflow_eventbus.core.errors`.
 
 The subscribe loop is not a provider method: it is built once, generically, on
-``fetch`` and ``settle`` (see :mod:`workflow_eventbus.subscriber`).
+``fetch`` and ``settle`` (see :mod:`workflow_eventbus.engine.subscriber`).
 """
 
 from __future__ import annotations

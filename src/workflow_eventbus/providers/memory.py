@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from .._proto import eventbus_pb2 as pb
-from ..config import duration_seconds
-from ..errors import BrokerUnavailableError, ConflictError, NotFoundError, RequestError
-from ..subjects import subject_matches
+from ..core.config import duration_seconds
+from ..core.errors import BrokerUnavailableError, ConflictError, NotFoundError, RequestError
+from ..core.subjects import subject_matches
 from .base import (
     CORRELATION_HEADER,
     AckAction,

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 
 from nats.aio.client import Client as NatsClient
 
-from ...lifecycle import cancel_and_wait
+from ...core.lifecycle import cancel_and_wait
 
 log = logging.getLogger("workflow_eventbus.nats")
 

@@ -8,7 +8,7 @@ import ssl
 import nats.errors
 import nats.js.errors as js_errors
 
-from ...errors import (
+from ...core.errors import (
     BrokerUnavailableError,
     ConflictError,
     EventbusError,

@@ -16,8 +16,8 @@ from typing import Any
 from nats.js import api
 
 from ..._proto import eventbus_pb2 as pb
-from ...config import duration_seconds
-from ...validation import start_time
+from ...core.config import duration_seconds
+from ...core.validation import start_time
 
 DEFAULT_ACK_WAIT = 30.0  # JetStream's default consumer ack wait
 DEFAULT_DUPLICATE_WINDOW = 120.0  # JetStream's default dedup window

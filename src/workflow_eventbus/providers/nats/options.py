@@ -7,7 +7,7 @@ import ssl
 from typing import Any
 
 from ..._proto import eventbus_pb2 as pb
-from ...errors import ConfigError
+from ...core.errors import ConfigError
 
 RECONNECT_WAIT = 0.5  # seconds between reconnect attempts (retries forever)
 PING_INTERVAL = 10  # seconds; a dead server is noticed after ~2 missed pings

@@ -15,8 +15,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext, JetStreamManager
 
 from ..._proto import eventbus_pb2 as pb
-from ...config import duration_seconds
-from ...errors import (
+from ...core.config import duration_seconds
+from ...core.errors import (
     BrokerUnavailableError,
     ConflictError,
     EventbusError,

@@ -9,7 +9,7 @@ from operator import itemgetter
 from nats.aio.msg import Msg
 from nats.errors import NotJSMessageError
 
-from ...errors import RequestError
+from ...core.errors import RequestError
 from ..base import AckAction, Delivery
 
 _HEADER_LINE_OVERHEAD = 4  # ": " and CRLF

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from ...errors import BrokerUnavailableError
+from ...core.errors import BrokerUnavailableError
 
 if TYPE_CHECKING:
     from .provider import PgChannelProvider

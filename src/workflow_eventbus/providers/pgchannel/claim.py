@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
-from ...errors import NotFoundError
+from ...core.errors import NotFoundError
 from ..base import CORRELATION_HEADER, LEGACY_CORRELATION_HEADER, Delivery
 from . import queries as q
 from .locks import consumer_lock_key

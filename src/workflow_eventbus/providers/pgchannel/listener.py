@@ -18,7 +18,7 @@ import re
 import psycopg
 from psycopg import sql
 
-from ...errors import redact
+from ...core.errors import redact
 
 CHANNEL_PREFIX = "eventbus_"
 _SAFE_CHANNEL = re.compile(r"[a-z0-9_]{1,63}")

@@ -6,11 +6,11 @@ from datetime import datetime
 from typing import Any
 
 from ..._proto import eventbus_pb2 as pb
-from ...config import duration_seconds
-from ...errors import ConfigError, RequestError
-from ...names import CONSUMER, STREAM
-from ...validation import start_time as parse_start_time
-from ...validation import validate_pg_stream_name
+from ...core.config import duration_seconds
+from ...core.errors import ConfigError, RequestError
+from ...core.names import CONSUMER, STREAM
+from ...core.validation import start_time as parse_start_time
+from ...core.validation import validate_pg_stream_name
 
 DEFAULT_ACK_WAIT = 30.0
 DEFAULT_DUPLICATE_WINDOW = 120.0

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ...errors import ConfigError
+from ...core.errors import ConfigError
 from .locks import MIGRATE_CLASS, crc_key
 
 MIGRATIONS_TABLE = "eventbus_schema_migrations"

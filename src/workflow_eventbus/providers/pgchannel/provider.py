@@ -22,8 +22,8 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..._proto import eventbus_pb2 as pb
-from ...config import duration_seconds, parse_duration
-from ...errors import (
+from ...core.config import duration_seconds, parse_duration
+from ...core.errors import (
     BrokerUnavailableError,
     ConfigError,
     ConflictError,
@@ -33,9 +33,9 @@ from ...errors import (
     RequestError,
     redact,
 )
-from ...names import BROKER, STREAM
-from ...subjects import subject_matches
-from ...validation import validate_pg_stream_name, validate_subject
+from ...core.names import BROKER, STREAM
+from ...core.subjects import subject_matches
+from ...core.validation import validate_pg_stream_name, validate_subject
 from ..base import (
     MSG_ID_HEADER,
     AckAction,

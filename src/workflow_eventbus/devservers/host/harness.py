@@ -36,16 +36,16 @@ import grpc
 from google.protobuf import empty_pb2, json_format
 from google.protobuf.message import Message
 
-from .._proto import grpc_broker_pb2 as bpb
-from .._proto import grpc_broker_pb2_grpc as bgrpc
-from .._proto import grpc_controller_pb2 as cpb
-from .._proto import grpc_controller_pb2_grpc as cgrpc
-from .._proto import grpc_stdio_pb2_grpc as sgrpc
-from .._proto import plugin_pb2 as ppb
-from .._proto import plugin_pb2_grpc as pgrpc
-from ..errors import BrokerUnavailableError, ProviderError
-from ..lifecycle import Service
-from ..plugin.transport import UNLIMITED
+from ..._proto import grpc_broker_pb2 as bpb
+from ..._proto import grpc_broker_pb2_grpc as bgrpc
+from ..._proto import grpc_controller_pb2 as cpb
+from ..._proto import grpc_controller_pb2_grpc as cgrpc
+from ..._proto import grpc_stdio_pb2_grpc as sgrpc
+from ..._proto import plugin_pb2 as ppb
+from ..._proto import plugin_pb2_grpc as pgrpc
+from ...core.errors import BrokerUnavailableError, ProviderError
+from ...core.lifecycle import Service
+from ...plugin.transport import UNLIMITED
 from .callback_server import CallbackServer, TriggerCall
 
 HANDSHAKE_TIMEOUT = 60.0

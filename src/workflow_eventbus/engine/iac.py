@@ -14,10 +14,10 @@ import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ._proto import eventbus_pb2 as pb
-from .config import duration_seconds
-from .errors import ConfigError
-from .validation import (
+from .._proto import eventbus_pb2 as pb
+from ..core.config import duration_seconds
+from ..core.errors import ConfigError
+from ..core.validation import (
     AWS_ECS,
     AWS_EKS,
     AWS_KINESIS,

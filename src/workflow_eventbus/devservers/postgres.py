@@ -29,8 +29,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from .errors import BrokerUnavailableError, ConfigError
-from .lifecycle import Service
+from ..core.errors import BrokerUnavailableError, ConfigError
+from ..core.lifecycle import Service
 
 ENV_BINDIR = "EVENTBUS_PG_BINDIR"
 _INSTALL_HINT = (

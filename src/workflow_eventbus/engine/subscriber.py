@@ -39,11 +39,11 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from .errors import BrokerUnavailableError, EventbusError
-from .lifecycle import cancel_and_wait
-from .providers.base import AckAction, Delivery, OutboundMessage, Provider, rfc3339
+from ..core.errors import BrokerUnavailableError, EventbusError
+from ..core.lifecycle import cancel_and_wait
+from ..providers.base import AckAction, Delivery, OutboundMessage, Provider, rfc3339
 
-log = logging.getLogger("workflow_eventbus.subscriber")
+log = logging.getLogger("workflow_eventbus.engine.subscriber")
 
 Handler = Callable[[Delivery], Awaitable[None]]
 

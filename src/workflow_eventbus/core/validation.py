@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from ._proto import eventbus_pb2 as pb
+from .._proto import eventbus_pb2 as pb
 from .config import duration_seconds, parse_duration
 from .errors import ConfigError
 from .names import BROKER, CONSUMER, STREAM

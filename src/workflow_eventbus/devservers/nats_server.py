@@ -24,8 +24,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from .errors import BrokerUnavailableError, ConfigError
-from .lifecycle import Service
+from ..core.errors import BrokerUnavailableError, ConfigError
+from ..core.lifecycle import Service
 
 ENV_BIN = "NATS_SERVER_BIN"
 _INSTALL_HINT = (

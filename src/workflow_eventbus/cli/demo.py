@@ -20,9 +20,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..errors import EventbusError
-from ..host import PluginHost
-from ..signals import EXIT_SIGTERM, cancel_on_sigterm
+from ..core.errors import EventbusError
+from ..core.signals import EXIT_SIGTERM, cancel_on_sigterm
+from ..devservers.host import PluginHost
 from .demo_run import (
     DemoOptions,
     DemoStats,

@@ -16,13 +16,13 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from google.protobuf.message import Message
 
-from ._proto import eventbus_pb2 as pb
-from .config import decode, duration_seconds
-from .errors import ConfigError, NotFoundError, RequestError
-from .names import ACK_STEP, CONSUME_STEP, PUBLISH_STEP
-from .providers.base import MAX_BATCH, AckAction, OutboundMessage, PublishResult, batch_size
-from .runtime import EventBus
-from .validation import validate_subject
+from .._proto import eventbus_pb2 as pb
+from ..core.config import decode, duration_seconds
+from ..core.errors import ConfigError, NotFoundError, RequestError
+from ..core.names import ACK_STEP, CONSUME_STEP, PUBLISH_STEP
+from ..core.validation import validate_subject
+from ..providers.base import MAX_BATCH, AckAction, OutboundMessage, PublishResult, batch_size
+from .bus import EventBus
 
 C = TypeVar("C", bound=Message)
 I = TypeVar("I", bound=Message)  # noqa: E741

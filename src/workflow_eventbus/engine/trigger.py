@@ -17,17 +17,17 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from ._proto import eventbus_pb2 as pb
-from .config import as_mapping, decode, duration_seconds
-from .errors import BrokerUnavailableError, ConfigError
+from .._proto import eventbus_pb2 as pb
+from ..core.config import as_mapping, decode, duration_seconds
+from ..core.errors import BrokerUnavailableError, ConfigError
+from ..core.names import SUBSCRIBE
+from ..core.validation import validate_consumer
+from ..providers.base import Delivery, rfc3339
+from .bus import EventBus
 from .modules import default_dead_letter_subject, ensure_dead_letter_stream
-from .names import SUBSCRIBE
-from .providers.base import Delivery, rfc3339
-from .runtime import EventBus
 from .subscriber import DEFAULT_BACKOFF, DEFAULT_DRAIN_TIMEOUT, SubscribeOptions, Subscription
-from .validation import validate_consumer
 
-log = logging.getLogger("workflow_eventbus.trigger")
+log = logging.getLogger("workflow_eventbus.engine.trigger")
 
 DataHandler = Callable[[dict[str, Any]], Awaitable[None]]
 DeliveryHandler = Callable[[Delivery], Awaitable[None]]

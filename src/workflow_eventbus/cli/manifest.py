@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..plugin.contracts import contracts_json, plugin_json
-from .cmd_install import dump_json
+from .install import dump_json
 
 FILES = {"plugin.json": plugin_json, "plugin.contracts.json": contracts_json}
 

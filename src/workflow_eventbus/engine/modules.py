@@ -18,17 +18,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from google.protobuf.message import Message
 
-from ._proto import eventbus_pb2 as pb
-from .config import duration_seconds
-from .errors import BrokerUnavailableError, ConfigError
-from .names import BROKER, CONSUMER, STREAM
-from .providers.base import Provider
-from .validation import env_key, env_url, validate_cluster, validate_consumer, validate_stream
+from .._proto import eventbus_pb2 as pb
+from ..core.config import duration_seconds
+from ..core.errors import BrokerUnavailableError, ConfigError
+from ..core.names import BROKER, CONSUMER, STREAM
+from ..core.validation import env_key, env_url, validate_cluster, validate_consumer, validate_stream
+from ..providers.base import Provider
 
 if TYPE_CHECKING:
-    from .runtime import EventBus
+    from .bus import EventBus
 
-log = logging.getLogger("workflow_eventbus.modules")
+log = logging.getLogger("workflow_eventbus.engine.modules")
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEAD_LETTER_STREAM = "EVENTBUS_DEADLETTER"

@@ -13,12 +13,12 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from ._proto import eventbus_pb2 as pb
-from .config import decode
-from .errors import BrokerUnavailableError, ConfigError, NotFoundError
+from .._proto import eventbus_pb2 as pb
+from ..core.config import decode
+from ..core.errors import BrokerUnavailableError, ConfigError, NotFoundError
+from ..core.names import BROKER, CONSUMER, MODULE_ALIASES, STREAM, canonical_module_type
+from ..providers.base import Provider
 from .modules import BrokerModule, ConsumerModule, Module, StreamModule
-from .names import BROKER, CONSUMER, MODULE_ALIASES, STREAM, canonical_module_type
-from .providers.base import Provider
 
 ProviderFactory = Callable[[pb.ClusterConfig, str, str], Provider]
 

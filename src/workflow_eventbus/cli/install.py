@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from ..names import PLUGIN_NAME
+from ..core.errors import ConfigError
+from ..core.names import PLUGIN_NAME
 from ..plugin.contracts import contracts_json, plugin_json
 
 WRAPPER = """\

@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 from google.protobuf import struct_pb2
 
-from .._proto import plugin_pb2 as ppb
-from ..errors import BrokerUnavailableError, ProviderError
-from .broker import ConnInfoStore
-from .unary import RpcError, UnaryChannel
+from ..._proto import plugin_pb2 as ppb
+from ...core.errors import BrokerUnavailableError, ProviderError
+from ..broker import ConnInfoStore
+from .h2 import RpcError, UnaryChannel
 
 log = logging.getLogger("workflow_eventbus.plugin")
 

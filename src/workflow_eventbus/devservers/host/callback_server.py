@@ -16,10 +16,10 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2, json_format
 
-from .._proto import plugin_pb2 as ppb
-from .._proto import plugin_pb2_grpc as pgrpc
+from ..._proto import plugin_pb2 as ppb
+from ..._proto import plugin_pb2_grpc as pgrpc
 
-log = logging.getLogger("workflow_eventbus.host")
+log = logging.getLogger("workflow_eventbus.devservers.host")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 

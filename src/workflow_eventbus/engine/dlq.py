@@ -1,6 +1,6 @@
 """Dead letters: read what the subscribe loop copied aside, and replay it.
 
-The subscribe loop (:mod:`workflow_eventbus.subscriber`) copies an exhausted
+The subscribe loop (:mod:`workflow_eventbus.engine.subscriber`) copies an exhausted
 message to ``eventbus.deadletter.<stream>.<consumer>`` (captured by the shared
 stream ``EVENTBUS_DEADLETTER``) or to a consumer's own ``dead_letter_subject``.
 A :class:`DeadLetterStore` reads that stream without consuming it and removes
@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import BrokerUnavailableError, ConfigError, EventbusError, NotFoundError, redact
+from ..core.errors import BrokerUnavailableError, ConfigError, EventbusError, NotFoundError, redact
+from ..providers.base import MSG_ID_HEADER, OutboundMessage, Provider, PublishResult
 from .modules import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
-from .providers.base import MSG_ID_HEADER, OutboundMessage, Provider, PublishResult
 from .subscriber import (
     DLQ_CONSUMER,
     DLQ_DELIVERIES,
@@ -196,7 +196,7 @@ class NatsDeadLetters(DeadLetterStore):
     async def connect(self) -> None:
         import nats
 
-        from .providers.nats.options import auth_options
+        from ..providers.nats.options import auth_options
 
         try:
             self._nc = await nats.connect(

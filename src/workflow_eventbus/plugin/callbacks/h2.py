@@ -33,7 +33,7 @@ from typing import cast
 from hpack import Decoder
 from hpack.exceptions import HPACKError
 
-from ..errors import ProviderError
+from ...core.errors import ProviderError
 from .h2wire import (
     ACK,
     CANCEL,
