@@ -13,7 +13,8 @@ from psycopg import sql
 from workflow_eventbus._proto import eventbus_pb2 as pb
 from workflow_eventbus.cli import migrate as cli
 from workflow_eventbus.core.errors import ConfigError
-from workflow_eventbus.providers.base import LEGACY_CORRELATION_HEADER, AckAction
+from workflow_eventbus.core.headers import LEGACY_CORRELATION_HEADER
+from workflow_eventbus.providers.base import AckAction
 from workflow_eventbus.providers.pgchannel import PgChannelProvider
 from workflow_eventbus.providers.pgchannel.migrations import (
     applied_versions,

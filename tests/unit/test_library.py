@@ -15,6 +15,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
+from workflow_eventbus.core.deadletter import DLQ_DELIVERIES, DLQ_ERROR, DLQ_SUBJECT
 from workflow_eventbus.core.errors import (
     BrokerUnavailableError,
     ConfigError,
@@ -23,7 +24,6 @@ from workflow_eventbus.core.errors import (
 )
 from workflow_eventbus.engine.bus import EventBus
 from workflow_eventbus.engine.steps import create_step
-from workflow_eventbus.engine.subscriber import DLQ_DELIVERIES, DLQ_ERROR, DLQ_SUBJECT
 from workflow_eventbus.engine.trigger import (
     SubscribeTrigger,
     decode_body,

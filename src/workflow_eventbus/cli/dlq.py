@@ -20,11 +20,11 @@ from typing import Any
 
 from .._proto import eventbus_pb2 as pb
 from ..core.config import decode
+from ..core.deadletter import DEAD_LETTER_STREAM, DeadLetter
 from ..core.errors import ConfigError, EventbusError
 from ..core.names import canonical_module_type
 from ..engine.bus import EventBus
-from ..engine.dlq import DEFAULT_LIMIT, DeadLetter, open_store, replay
-from ..engine.modules import DEAD_LETTER_STREAM
+from ..engine.dlq import DEFAULT_LIMIT, open_store, replay
 
 BROKER_TYPE = "eventbus.broker"
 

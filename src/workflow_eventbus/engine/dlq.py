@@ -19,108 +19,20 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ..core.errors import BrokerUnavailableError, ConfigError, EventbusError, NotFoundError, redact
-from ..providers.base import MSG_ID_HEADER, OutboundMessage, Provider, PublishResult
-from .modules import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
-from .subscriber import (
+from ..core.deadletter import (
+    DEAD_LETTER_STREAM,
     DLQ_CONSUMER,
-    DLQ_DELIVERIES,
-    DLQ_ERROR,
-    DLQ_HEADERS,
-    DLQ_MSG_ID,
-    DLQ_PUBLISHED_AT,
-    DLQ_SEQUENCE,
     DLQ_STREAM,
-    DLQ_SUBJECT,
+    DeadLetter,
+    dead_letter_filter,
 )
+from ..core.errors import BrokerUnavailableError, ConfigError, EventbusError, NotFoundError, redact
+from ..providers.base import OutboundMessage, Provider, PublishResult
 
 DEFAULT_LIMIT = 100
-
-
-@dataclass(slots=True)
-class DeadLetter:
-    """One dead-lettered message, as stored in the dead-letter stream."""
-
-    dlq_stream: str
-    dlq_sequence: int
-    dlq_subject: str
-    subject: str  # where it was originally published
-    stream: str
-    consumer: str
-    sequence: int  # its sequence in the source stream
-    delivery_count: int
-    error: str
-    published_at: str
-    headers: dict[str, str] = field(default_factory=dict)  # original headers
-    payload: bytes = b""
-
-    @classmethod
-    def parse(
-        cls,
-        dlq_stream: str,
-        dlq_sequence: int,
-        dlq_subject: str,
-        headers: Mapping[str, str],
-        payload: bytes,
-    ) -> DeadLetter:
-        def number(key: str) -> int:
-            text = headers.get(key, "")
-            return int(text) if text.isdigit() else 0
-
-        original = {k: v for k, v in headers.items() if k not in DLQ_HEADERS}
-        original.pop(MSG_ID_HEADER, None)  # the copy's own dedup id
-        if headers.get(DLQ_MSG_ID):
-            original[MSG_ID_HEADER] = headers[DLQ_MSG_ID]
-        return cls(
-            dlq_stream=dlq_stream,
-            dlq_sequence=dlq_sequence,
-            dlq_subject=dlq_subject,
-            subject=headers.get(DLQ_SUBJECT, ""),
-            stream=headers.get(DLQ_STREAM, ""),
-            consumer=headers.get(DLQ_CONSUMER, ""),
-            sequence=number(DLQ_SEQUENCE),
-            delivery_count=number(DLQ_DELIVERIES),
-            error=headers.get(DLQ_ERROR, ""),
-            published_at=headers.get(DLQ_PUBLISHED_AT, ""),
-            headers=original,
-            payload=payload,
-        )
-
-    def matches(self, stream: str, consumer: str) -> bool:
-        return (not stream or self.stream == stream) and (not consumer or self.consumer == consumer)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "dlq_stream": self.dlq_stream,
-            "dlq_sequence": self.dlq_sequence,
-            "subject": self.subject,
-            "stream": self.stream,
-            "consumer": self.consumer,
-            "sequence": self.sequence,
-            "delivery_count": self.delivery_count,
-            "error": self.error,
-            "published_at": self.published_at,
-            "headers": self.headers,
-            "payload_bytes": len(self.payload),
-        }
-
-    def republish_message(self) -> OutboundMessage:
-        """The original message again; without its old msg id, so dedup cannot drop it."""
-        headers = {k: v for k, v in self.headers.items() if k != MSG_ID_HEADER}
-        return OutboundMessage(self.subject, self.payload, headers)
-
-
-def dead_letter_filter(stream: str = "", consumer: str = "") -> str:
-    """The subject filter of the default dead letters of ``stream``/``consumer``."""
-    if stream and consumer:
-        return f"{DEAD_LETTER_PREFIX}.{stream}.{consumer}"
-    if stream:
-        return f"{DEAD_LETTER_PREFIX}.{stream}.*"
-    return f"{DEAD_LETTER_PREFIX}.>"
 
 
 class DeadLetterStore(abc.ABC):
@@ -160,7 +72,9 @@ async def replay(
             results.append(ReplayResult(letter, error="no original subject header; not replayed"))
             continue
         try:
-            published = await provider.publish(letter.republish_message())
+            published = await provider.publish(
+                OutboundMessage(letter.subject, letter.payload, letter.original_headers())
+            )
             await store.remove(letter)
         except EventbusError as exc:
             results.append(ReplayResult(letter, error=str(exc)))

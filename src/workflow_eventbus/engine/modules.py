@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 from .._proto import eventbus_pb2 as pb
 from ..core.config import duration_seconds
+from ..core.deadletter import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
 from ..core.errors import BrokerUnavailableError, ConfigError
 from ..core.names import BROKER, CONSUMER, STREAM
 from ..core.validation import env_key, env_url, validate_cluster, validate_consumer, validate_stream
@@ -31,12 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("workflow_eventbus.engine.modules")
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
-DEAD_LETTER_STREAM = "EVENTBUS_DEADLETTER"
-DEAD_LETTER_PREFIX = "eventbus.deadletter"
-
-
-def default_dead_letter_subject(stream: str, consumer: str) -> str:
-    return f"{DEAD_LETTER_PREFIX}.{stream}.{consumer}"
 
 
 class Module(abc.ABC):

@@ -39,7 +39,20 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from ..core.deadletter import (
+    DLQ_CONSUMER,
+    DLQ_DELIVERIES,
+    DLQ_ERROR,
+    DLQ_MSG_ID,
+    DLQ_PUBLISHED_AT,
+    DLQ_SEQUENCE,
+    DLQ_STREAM,
+    DLQ_SUBJECT,
+    MAX_ERROR_TEXT,
+    dead_letter_msg_id,
+)
 from ..core.errors import BrokerUnavailableError, EventbusError
+from ..core.headers import MSG_ID_HEADER
 from ..core.lifecycle import cancel_and_wait
 from ..providers.base import AckAction, Delivery, OutboundMessage, Provider, rfc3339
 
@@ -51,32 +64,6 @@ DEFAULT_BACKOFF = (1.0, 5.0, 30.0)
 DEFAULT_DRAIN_TIMEOUT = 30.0
 MIN_SIGNAL_INTERVAL = 0.02
 AHEAD_WAIT = 0.05  # seconds a fetch ahead of need waits for messages
-
-# Headers carried by a dead-lettered copy.
-DLQ_SUBJECT = "Eventbus-Dlq-Subject"
-DLQ_STREAM = "Eventbus-Dlq-Stream"
-DLQ_CONSUMER = "Eventbus-Dlq-Consumer"
-DLQ_SEQUENCE = "Eventbus-Dlq-Sequence"
-DLQ_DELIVERIES = "Eventbus-Dlq-Delivery-Count"
-DLQ_ERROR = "Eventbus-Dlq-Error"
-DLQ_PUBLISHED_AT = "Eventbus-Dlq-Published-At"
-DLQ_MSG_ID = "Eventbus-Dlq-Msg-Id"  # the original Nats-Msg-Id, if it had one
-DLQ_HEADERS = (
-    DLQ_SUBJECT,
-    DLQ_STREAM,
-    DLQ_CONSUMER,
-    DLQ_SEQUENCE,
-    DLQ_DELIVERIES,
-    DLQ_ERROR,
-    DLQ_PUBLISHED_AT,
-    DLQ_MSG_ID,
-)
-MAX_ERROR_TEXT = 1024
-
-
-def dead_letter_msg_id(stream: str, consumer: str, sequence: int) -> str:
-    """The dedup id of the dead-letter copy of one source message."""
-    return f"eventbus-dlq:{stream}:{consumer}:{sequence}"
 
 
 @dataclass(slots=True)
@@ -352,7 +339,7 @@ class Subscription:
 
     def dead_letter_message(self, delivery: Delivery, error: str) -> OutboundMessage:
         headers = dict(delivery.headers)
-        original_id = headers.pop("Nats-Msg-Id", "")
+        original_id = headers.pop(MSG_ID_HEADER, "")
         headers.update(
             {
                 DLQ_SUBJECT: delivery.subject,

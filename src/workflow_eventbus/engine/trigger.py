@@ -19,12 +19,13 @@ from google.protobuf import struct_pb2
 
 from .._proto import eventbus_pb2 as pb
 from ..core.config import as_mapping, decode, duration_seconds
+from ..core.deadletter import default_dead_letter_subject
 from ..core.errors import BrokerUnavailableError, ConfigError
 from ..core.names import SUBSCRIBE
 from ..core.validation import validate_consumer
 from ..providers.base import Delivery, rfc3339
 from .bus import EventBus
-from .modules import default_dead_letter_subject, ensure_dead_letter_stream
+from .modules import ensure_dead_letter_stream
 from .subscriber import DEFAULT_BACKOFF, DEFAULT_DRAIN_TIMEOUT, SubscribeOptions, Subscription
 
 log = logging.getLogger("workflow_eventbus.engine.trigger")

@@ -23,11 +23,6 @@ from datetime import datetime
 
 from .._proto import eventbus_pb2 as pb
 
-CORRELATION_HEADER = "Nats-Correlation-Id"
-# pgchannel of the Go plugin surfaced the correlation id under this name.
-LEGACY_CORRELATION_HEADER = "X-Correlation-Id"
-MSG_ID_HEADER = "Nats-Msg-Id"
-
 MAX_BATCH = 1000
 
 

@@ -20,9 +20,9 @@ from typing import TypeVar
 from .._proto import eventbus_pb2 as pb
 from ..core.config import duration_seconds
 from ..core.errors import BrokerUnavailableError, ConflictError, NotFoundError, RequestError
+from ..core.headers import CORRELATION_HEADER
 from ..core.subjects import subject_matches
 from .base import (
-    CORRELATION_HEADER,
     AckAction,
     Delivery,
     Feature,

@@ -24,9 +24,8 @@ from ...core.errors import (
     PayloadTooLargeError,
     redact,
 )
+from ...core.headers import CORRELATION_HEADER, MSG_ID_HEADER
 from ..base import (
-    CORRELATION_HEADER,
-    MSG_ID_HEADER,
     AckAction,
     Delivery,
     Feature,

@@ -22,7 +22,8 @@ import psycopg
 from psycopg import pq
 
 from ...core.errors import NotFoundError
-from ..base import CORRELATION_HEADER, LEGACY_CORRELATION_HEADER, Delivery
+from ...core.headers import CORRELATION_HEADER, LEGACY_CORRELATION_HEADER
+from ..base import Delivery
 from . import queries as q
 from .locks import consumer_lock_key
 from .subjects import filter_regex

@@ -33,11 +33,11 @@ from ...core.errors import (
     RequestError,
     redact,
 )
+from ...core.headers import MSG_ID_HEADER
 from ...core.names import BROKER, STREAM
 from ...core.subjects import subject_matches
 from ...core.validation import validate_pg_stream_name, validate_subject
 from ..base import (
-    MSG_ID_HEADER,
     AckAction,
     Delivery,
     Feature,
