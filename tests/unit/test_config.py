@@ -8,14 +8,14 @@ from google.protobuf import struct_pb2
 from workflow_eventbus._proto import eventbus_pb2 as pb
 from workflow_eventbus.core.config import decode, duration_seconds, parse_duration, parse_enum
 from workflow_eventbus.core.errors import ConfigError, redact
+from workflow_eventbus.core.names import env_key
 from workflow_eventbus.core.validation import (
-    env_key,
-    env_url,
-    validate_cluster,
     validate_consumer,
     validate_stream,
     validate_subject,
 )
+from workflow_eventbus.providers import broker_url as env_url
+from workflow_eventbus.providers import validate_cluster
 
 
 @pytest.mark.parametrize(
@@ -120,12 +120,15 @@ def test_type_errors(data, needle):
 def test_cluster_rules():
     ok = [
         pb.ClusterConfig(provider="nats", deploy_target="self_hosted"),
+        # no dsn: EVENTBUS_<NAME>_URI supplies it at init (README), checked at start
+        pb.ClusterConfig(provider="pgchannel", broker_target="in_process"),
         pb.ClusterConfig(provider="pgchannel", broker_target="in_process", dsn="postgresql://x/y"),
         pb.ClusterConfig(provider="kafka", deploy_target="aws.msk"),
         pb.ClusterConfig(provider="kinesis", deploy_target="aws.kinesis"),
     ]
     for cfg in ok:
         validate_cluster("bus", cfg)
+    validate_cluster("bus", pb.ClusterConfig(provider="memory"), test_doubles=True)
     cases = [
         (
             pb.ClusterConfig(),
@@ -146,8 +149,8 @@ def test_cluster_rules():
             "pgchannel requires broker_target=in_process",
         ),
         (
-            pb.ClusterConfig(provider="pgchannel", broker_target="in_process"),
-            "pgchannel requires dsn",
+            pb.ClusterConfig(provider="memory"),
+            "provider: is the in-process unit-test double and is not offered to applications (got 'memory')",
         ),
         (
             pb.ClusterConfig(provider="nats", deploy_target="self_hosted", poll_interval="often"),

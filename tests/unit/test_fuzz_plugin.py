@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from workflow_eventbus._proto import eventbus_pb2 as pb
 from workflow_eventbus._proto import plugin_pb2 as ppb
 from workflow_eventbus.devservers.host import PluginHost
+from workflow_eventbus.providers import TEST_DOUBLES_ENV
 
 TYPES = [
     "eventbus.broker",
@@ -68,7 +69,7 @@ class LoopThread:
 @pytest.fixture(scope="module")
 def plugin() -> Iterator[tuple[LoopThread, PluginHost]]:
     runner = LoopThread()
-    host = PluginHost()
+    host = PluginHost(env={TEST_DOUBLES_ENV: "1"})  # the healthy-afterwards check uses memory
     runner.run(host.start(), timeout=90)
     try:
         yield runner, host

@@ -4,8 +4,8 @@ import pytest
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
 from workflow_eventbus.core.errors import ConfigError
-from workflow_eventbus.core.validation import TARGET_MATRIX
 from workflow_eventbus.engine import iac
+from workflow_eventbus.providers import REGISTRY
 
 GIB10 = 10 * 1024**3
 
@@ -50,7 +50,7 @@ def test_latest_is_refused():
 
 
 @pytest.mark.parametrize(
-    ("provider", "target"), [(p, t) for p, ts in TARGET_MATRIX.items() for t in ts]
+    ("provider", "target"), [(s.name, t) for s in REGISTRY.values() for t in s.deploy_targets]
 )
 def test_every_pair_declares_resources(provider, target):
     cfg = pb.ClusterConfig(provider=provider, deploy_target=target, kinesis={"region": "eu-west-1"})

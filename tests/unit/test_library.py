@@ -46,7 +46,7 @@ async def until(cond, timeout=5.0):
 
 @pytest.fixture
 async def bus():
-    b = EventBus(environ={})
+    b = EventBus(environ={}, test_doubles=True)
     url = f"memory://t{next(_ids)}"
     mods = [
         b.create_module(
@@ -87,7 +87,7 @@ async def test_module_start_order_does_not_matter_and_stop_is_idempotent(bus):
 
 
 async def test_two_buses_do_not_share_registries():
-    a, b = EventBus(environ={}), EventBus(environ={})
+    a, b = EventBus(environ={}, test_doubles=True), EventBus(environ={}, test_doubles=True)
     m = a.create_module("eventbus.broker", "bus", {"provider": "memory"})
     await m.start()
     assert "bus" in a.brokers and not b.brokers
@@ -97,7 +97,7 @@ async def test_two_buses_do_not_share_registries():
 
 
 async def test_broker_ref_resolution_errors_list_brokers():
-    b = EventBus(environ={})
+    b = EventBus(environ={}, test_doubles=True)
     for name in ("one", "two"):
         await b.create_module("eventbus.broker", name, {"provider": "memory"}).init()
     with pytest.raises(
@@ -113,7 +113,7 @@ async def test_broker_ref_resolution_errors_list_brokers():
 
 
 async def test_nats_without_url_is_degraded_with_a_helpful_error():
-    b = EventBus(environ={})
+    b = EventBus(environ={}, test_doubles=True)
     m = b.create_module(
         "infra.eventbus", "my-bus", {"provider": "nats", "deploy_target": "self_hosted"}
     )
@@ -123,7 +123,7 @@ async def test_nats_without_url_is_degraded_with_a_helpful_error():
 
 
 async def test_kafka_declares_but_cannot_start():
-    b = EventBus(environ={})
+    b = EventBus(environ={}, test_doubles=True)
     m = b.create_module("eventbus.broker", "k", {"provider": "kafka", "deploy_target": "aws.msk"})
     with pytest.raises(ConfigError, match="IaC declarations only"):
         await m.start()
@@ -202,7 +202,7 @@ async def test_ack_requires_token(bus):
 
 
 def test_trigger_aliases_canonical_wins_and_inheritance():
-    b = EventBus(environ={})
+    b = EventBus(environ={}, test_doubles=True)
     b.create_module(
         "eventbus.consumer",
         "c",
@@ -462,7 +462,7 @@ async def test_long_handler_sends_in_progress(bus):
 
 async def test_steps_start_initialised_modules_when_nobody_did():
     """wfctl pipeline run creates and initialises modules but never starts them."""
-    b = EventBus(environ={})
+    b = EventBus(environ={}, test_doubles=True)
     mods = [
         b.create_module(
             "eventbus.broker", "bus", {"provider": "memory", "dsn": f"memory://lazy{next(_ids)}"}

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from ..core.errors import EventbusError
 from ..core.signals import EXIT_SIGTERM, cancel_on_sigterm
+from ..devservers import DEV_SERVERS
 from ..devservers.host import PluginHost
 from .demo_run import (
     DemoOptions,
@@ -44,7 +45,7 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--count", type=int, default=3000, help="events to publish (3000)")
     parser.add_argument("--batch", type=int, default=250, help="events per publish call (250)")
     parser.add_argument(
-        "--provider", choices=["nats", "pgchannel"], default="nats", help="broker (nats)"
+        "--provider", choices=list(DEV_SERVERS), default="nats", help="broker (nats)"
     )
     parser.add_argument("--dsn", default="", help="use this broker instead of starting one")
     parser.add_argument(

@@ -25,8 +25,10 @@ from typing import Any
 
 from .._proto import eventbus_pb2 as pb
 from ..core.errors import ConfigError
+from ..devservers import DEV_SERVERS
 from ..devservers.host import PluginHost, TriggerCall
 from ..engine.bus import EventBus
+from ..providers import spec_for
 
 STREAM = "DEMO_ORDERS"
 SUBJECT = "demo.orders.created"
@@ -85,29 +87,21 @@ async def broker_dsn(opts: DemoOptions) -> AsyncIterator[str]:
     """The configured DSN, or a private server started for the demo."""
     if opts.dsn:
         yield opts.dsn
-    elif opts.provider == "nats":
-        from ..devservers.nats_server import EmbeddedNats
-
-        async with EmbeddedNats() as server:
-            yield server.url
-    elif opts.provider == "pgchannel":
-        from ..devservers.postgres import PgServer
-
-        async with PgServer() as pg:
-            yield pg.dsn
-    else:
+        return
+    server_class = DEV_SERVERS.get(opts.provider)
+    if server_class is None:
         raise ConfigError(
-            "--provider", "unsupported", value=opts.provider, fix="use nats or pgchannel"
+            "--provider",
+            "has no development server to start",
+            value=opts.provider,
+            fix=f"use one of: {', '.join(DEV_SERVERS)}, or pass --dsn",
         )
+    async with server_class() as server:
+        yield server.url
 
 
 def cluster_config(opts: DemoOptions, dsn: str) -> pb.ClusterConfig:
-    cfg = pb.ClusterConfig(provider=opts.provider, dsn=dsn)
-    if opts.provider == "nats":
-        cfg.deploy_target = "self_hosted"
-    else:
-        cfg.broker_target = "in_process"  # pgchannel runs inside the plugin process
-    return cfg
+    return spec_for(opts.provider, where="--provider").fill_defaults(pb.ClusterConfig(dsn=dsn))
 
 
 async def setup(host: PluginHost, opts: DemoOptions, dsn: str) -> str:

@@ -25,6 +25,7 @@ from ..core.errors import ConfigError, EventbusError
 from ..core.names import canonical_module_type
 from ..engine.bus import EventBus
 from ..engine.dlq import DEFAULT_LIMIT, open_store, replay
+from ..providers import provider_for_url, runtime_names, spec_for
 
 BROKER_TYPE = "eventbus.broker"
 
@@ -68,7 +69,7 @@ def add_parser(sub: Any) -> None:
 def _connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default="", help="nats://... or postgresql://...")
     parser.add_argument("--dsn", default="", help="alias of --url")
-    parser.add_argument("--provider", choices=("nats", "pgchannel"), default="")
+    parser.add_argument("--provider", choices=runtime_names(), default="")
     parser.add_argument("--schema", default="", help="pgchannel schema")
     parser.add_argument("--config", default="", help="an app config with an eventbus.broker")
     parser.add_argument("--broker", default="", help="which eventbus.broker of --config")
@@ -102,26 +103,11 @@ def cluster_from_args(ns: argparse.Namespace) -> tuple[str, pb.ClusterConfig]:
         name, cluster = "dlq", pb.ClusterConfig(dsn=url)
     if ns.provider:
         cluster.provider = ns.provider
-    if not cluster.provider:
-        cluster.provider = _guess_provider(cluster.dsn)
+    spec = spec_for(cluster.provider) if cluster.provider else provider_for_url(cluster.dsn)
+    spec.fill_defaults(cluster)  # where the server runs: declared only
     if ns.schema:
         cluster.schema = ns.schema
-    if cluster.provider == "nats" and not cluster.deploy_target:
-        cluster.deploy_target = "self_hosted"  # only declares where the server runs
-    if cluster.provider == "pgchannel" and not cluster.broker_target:
-        cluster.broker_target = "in_process"
     return name, cluster
-
-
-def _guess_provider(url: str) -> str:
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme in ("nats", "tls", "ws", "wss"):
-        return "nats"
-    if scheme in ("postgres", "postgresql"):
-        return "pgchannel"
-    raise ConfigError(
-        "--provider", "cannot tell the provider from the URL", value=scheme, fix="pass --provider"
-    )
 
 
 def _from_app_config(path: Path, wanted: str) -> tuple[str, pb.ClusterConfig]:

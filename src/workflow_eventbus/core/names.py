@@ -28,3 +28,17 @@ MODULE_ALIASES = {
 def canonical_module_type(type_name: str) -> str:
     """Map an old ``infra.eventbus*`` name to today's; other names pass through."""
     return MODULE_ALIASES.get(type_name, type_name)
+
+
+def env_key(name: str) -> str:
+    """``bmw-eventbus`` -> ``BMW_EVENTBUS``: '-' to '_', then upper case (the part of
+    ``EVENTBUS_<NAME>_URI`` that names a broker).
+
+    Go's ``strings.ToUpper`` maps rune by rune and leaves characters without a
+    one-rune upper case (such as 'ß') alone; so do we.
+    """
+    out = []
+    for ch in name.replace("-", "_"):
+        upper = ch.upper()
+        out.append(upper if len(upper) == 1 else ch)
+    return "".join(out)

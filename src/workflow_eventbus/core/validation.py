@@ -6,107 +6,17 @@ bad value and the fix; on success it returns nothing and changes nothing.
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from .._proto import eventbus_pb2 as pb
-from .config import duration_seconds, parse_duration
+from .config import duration_seconds
 from .errors import ConfigError
-from .names import BROKER, CONSUMER, STREAM
-
-# Deploy targets, exactly as the Go plugin spells them.
-DIGITALOCEAN_APP_PLATFORM = "digitalocean.app_platform"
-DIGITALOCEAN_MANAGED_KAFKA = "digitalocean.managed_kafka"
-AWS_ECS = "aws.ecs"
-AWS_EKS = "aws.eks"
-AWS_MSK = "aws.msk"
-AWS_KINESIS = "aws.kinesis"
-KUBERNETES = "kubernetes"
-SELF_HOSTED = "self_hosted"
-IN_PROCESS = "in_process"
-
-TARGET_MATRIX: Mapping[str, tuple[str, ...]] = {
-    "nats": (DIGITALOCEAN_APP_PLATFORM, AWS_ECS, AWS_EKS, KUBERNETES, SELF_HOSTED),
-    "kafka": (DIGITALOCEAN_MANAGED_KAFKA, AWS_MSK, KUBERNETES, SELF_HOSTED),
-    "kinesis": (AWS_KINESIS,),
-}
-PROVIDERS = ("nats", "pgchannel", "kafka", "kinesis")
-RUNTIME_PROVIDERS = ("nats", "pgchannel", "memory")
+from .names import CONSUMER, STREAM
 
 _TOKEN_BAD = re.compile(r"[\s]")
 _NAME_BAD = re.compile(r"[\s.*>/\\]")
-_PG_STREAM = re.compile(r"[A-Za-z0-9_]+")
 MAX_NAME = 255  # JetStream's limit for stream and consumer names
-
-
-def validate_cluster(name: str, cfg: pb.ClusterConfig) -> None:
-    where = f'{BROKER} "{name}"'
-    provider = cfg.provider
-    if not provider:
-        raise ConfigError(
-            f"{where}: provider",
-            "is required",
-            fix=f"set provider to one of: {', '.join(PROVIDERS)}",
-        )
-    if provider == "pgchannel":
-        _validate_pgchannel(where, cfg)
-    elif provider == "memory":
-        pass  # in-process test double: nothing to validate
-    elif provider in TARGET_MATRIX:
-        valid = TARGET_MATRIX[provider]
-        if not cfg.deploy_target:
-            raise ConfigError(
-                f"{where}: deploy_target",
-                f"is required for provider {provider}",
-                fix=f"set deploy_target to one of: {', '.join(valid)}",
-            )
-        if cfg.deploy_target not in valid:
-            raise ConfigError(
-                f"{where}: deploy_target",
-                f"provider {provider} does not support this deploy target",
-                value=cfg.deploy_target,
-                fix=f"use one of: {', '.join(valid)}",
-            )
-    else:
-        raise ConfigError(
-            f"{where}: provider",
-            "unsupported provider",
-            value=provider,
-            fix=f"use one of: {', '.join(PROVIDERS)} (names are lower case)",
-        )
-    if cfg.max_conns < 0:
-        raise ConfigError(f"{where}: max_conns", "must be zero or positive", value=cfg.max_conns)
-    if cfg.poll_interval:
-        seconds = parse_duration(cfg.poll_interval, setting=f"{where}: poll_interval")
-        if seconds <= 0:
-            raise ConfigError(
-                f"{where}: poll_interval", "must be positive", value=cfg.poll_interval
-            )
-
-
-def _validate_pgchannel(where: str, cfg: pb.ClusterConfig) -> None:
-    if cfg.broker_target != IN_PROCESS:
-        raise ConfigError(
-            f"{where}: broker_target",
-            "pgchannel requires broker_target=in_process",
-            value=cfg.broker_target or None,
-            fix="set broker_target: in_process",
-        )
-    if not cfg.dsn:
-        raise ConfigError(
-            f"{where}: dsn",
-            "pgchannel requires dsn (a PostgreSQL connection string)",
-            fix="set dsn: postgresql://user@host:5432/dbname",
-        )
-    if cfg.schema and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", cfg.schema):
-        raise ConfigError(
-            f"{where}: schema",
-            "not a valid schema name",
-            value=cfg.schema,
-            fix="use lower-case letters, digits and _ (at most 63 characters)",
-        )
 
 
 def validate_stream(name: str, cfg: pb.StreamConfig) -> None:
@@ -147,16 +57,6 @@ def _check_length(name: str, setting: str) -> None:
             f"is {len(name)} characters long; at most {MAX_NAME} are allowed",
             value=name[:40] + "...",
             fix="use a shorter name",
-        )
-
-
-def validate_pg_stream_name(name: str, *, setting: str) -> None:
-    if not _PG_STREAM.fullmatch(name) or len(name) > 54:
-        raise ConfigError(
-            setting,
-            "pgchannel stream names must match [A-Za-z0-9_]+ (at most 54 characters)",
-            value=name,
-            fix="rename the stream, e.g. ORDERS_V1",
         )
 
 
@@ -268,25 +168,3 @@ def validate_subject(subject: str, *, setting: str, wildcards: bool) -> None:
             )
         if token == ">" and i != len(tokens) - 1:
             raise ConfigError(setting, "'>' is only allowed as the last token", value=subject)
-
-
-def env_key(name: str) -> str:
-    """``bmw-eventbus`` -> ``BMW_EVENTBUS``: '-' to '_', then upper case.
-
-    Go's ``strings.ToUpper`` maps rune by rune and leaves characters without a
-    one-rune upper case (such as 'ß') alone; so do we.
-    """
-    out = []
-    for ch in name.replace("-", "_"):
-        upper = ch.upper()
-        out.append(upper if len(upper) == 1 else ch)
-    return "".join(out)
-
-
-def env_url(name: str, provider: str, environ: Mapping[str, str] | None = None) -> str:
-    """The broker URL from ``EVENTBUS_<KEY>_URI``, else ``NATS_URL`` (nats only)."""
-    env = os.environ if environ is None else environ
-    uri = env.get(f"EVENTBUS_{env_key(name)}_URI", "")
-    if not uri and provider == "nats":
-        uri = env.get("NATS_URL", "")
-    return uri

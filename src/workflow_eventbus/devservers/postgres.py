@@ -128,6 +128,11 @@ class PgServer(Service):
         return f"postgresql://postgres@127.0.0.1:{self.port}/{self.dbname}"
 
     @property
+    def url(self) -> str:
+        """The broker URL of a pgchannel broker on this server (its DSN)."""
+        return self.dsn
+
+    @property
     def admin_dsn(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 

@@ -6,7 +6,6 @@ engines, two tests) never see each other's modules.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -17,16 +16,11 @@ from .._proto import eventbus_pb2 as pb
 from ..core.config import decode
 from ..core.errors import BrokerUnavailableError, ConfigError, NotFoundError
 from ..core.names import BROKER, CONSUMER, MODULE_ALIASES, STREAM, canonical_module_type
+from ..providers import REGISTRY
 from ..providers.base import Provider
 from .modules import BrokerModule, ConsumerModule, Module, StreamModule
 
 ProviderFactory = Callable[[pb.ClusterConfig, str, str], Provider]
-
-_PROVIDER_CLASSES = {
-    "nats": ("workflow_eventbus.providers.nats", "NatsProvider"),
-    "pgchannel": ("workflow_eventbus.providers.pgchannel", "PgChannelProvider"),
-    "memory": ("workflow_eventbus.providers.memory", "MemoryProvider"),
-}
 
 _MODULE_CLASSES: dict[str, tuple[type[Module], type[Message]]] = {
     BROKER: (BrokerModule, pb.ClusterConfig),
@@ -37,10 +31,7 @@ _MODULE_CLASSES: dict[str, tuple[type[Module], type[Message]]] = {
 
 def load_provider(cfg: pb.ClusterConfig, url: str, broker_name: str) -> Provider:
     """Instantiate the runtime provider named by ``cfg.provider`` (imported lazily)."""
-    module_name, class_name = _PROVIDER_CLASSES[cfg.provider]
-    cls = getattr(importlib.import_module(module_name), class_name)
-    provider: Provider = cls(cfg, url, broker_name=broker_name)
-    return provider
+    return REGISTRY[cfg.provider].create(cfg, url, broker_name)
 
 
 class EventBus:
@@ -51,7 +42,11 @@ class EventBus:
         *,
         environ: Mapping[str, str] | None = None,
         provider_factory: ProviderFactory | None = None,
+        test_doubles: bool = False,
     ) -> None:
+        """``test_doubles`` lets broker modules use the in-process ``memory`` provider
+        (tests only; the plugin never sets it unless EVENTBUS_TEST_DOUBLES=1)."""
+        self.test_doubles = test_doubles
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self.make_provider: ProviderFactory = provider_factory or load_provider
         self.brokers: dict[str, BrokerModule] = {}

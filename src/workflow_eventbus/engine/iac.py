@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from .._proto import eventbus_pb2 as pb
 from ..core.config import duration_seconds
 from ..core.errors import ConfigError
-from ..core.validation import (
+from ..providers import REGISTRY
+from ..providers.targets import (
     AWS_ECS,
     AWS_EKS,
     AWS_KINESIS,
@@ -27,7 +28,6 @@ from ..core.validation import (
     IN_PROCESS,
     KUBERNETES,
     SELF_HOSTED,
-    TARGET_MATRIX,
 )
 
 DEFAULT_NATS_VERSION = "2.10"
@@ -60,23 +60,23 @@ class State:
 
 def resources(cfg: pb.ClusterConfig) -> list[Resource]:
     """The resources that make up the broker ``cfg`` on its deploy target."""
-    if cfg.provider == "pgchannel":
-        return _pgchannel(cfg)
-    target = cfg.deploy_target
-    valid = TARGET_MATRIX.get(cfg.provider)
-    if valid is None:
+    spec = REGISTRY.get(cfg.provider)
+    declared = sorted({provider for provider, _ in _BUILDERS})
+    if spec is None or cfg.provider not in declared:
         raise ConfigError(
             "provider",
             "has no IaC declarations",
             value=cfg.provider,
-            fix="use nats, kafka, kinesis or pgchannel",
+            fix=f"use one of: {', '.join(declared)}",
         )
-    if target not in valid:
+    # A provider without deploy targets (pgchannel) has one shape, keyed by "".
+    target = cfg.deploy_target if spec.deploy_targets else ""
+    if spec.deploy_targets and target not in spec.deploy_targets:
         raise ConfigError(
             "deploy_target",
             f"provider {cfg.provider} does not support this deploy target",
             value=target,
-            fix=f"use one of: {', '.join(valid)}",
+            fix=f"use one of: {', '.join(spec.deploy_targets)}",
         )
     return _BUILDERS[(cfg.provider, target)](cfg)
 
@@ -232,8 +232,9 @@ _BUILDERS: dict[tuple[str, str], Callable[[pb.ClusterConfig], list[Resource]]] =
     ("nats", AWS_EKS): _nats_kubernetes,
     ("nats", KUBERNETES): _nats_kubernetes,
     ("nats", SELF_HOSTED): _nats_self_hosted,
-    **{("kafka", t): _kafka for t in TARGET_MATRIX["kafka"]},
+    **{("kafka", t): _kafka for t in REGISTRY["kafka"].deploy_targets},
     ("kinesis", AWS_KINESIS): _kinesis,
+    ("pgchannel", ""): _pgchannel,
 }
 
 

@@ -23,7 +23,8 @@ from ..core.config import duration_seconds
 from ..core.deadletter import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
 from ..core.errors import BrokerUnavailableError, ConfigError
 from ..core.names import BROKER, CONSUMER, STREAM
-from ..core.validation import env_key, env_url, validate_cluster, validate_consumer, validate_stream
+from ..core.validation import validate_consumer, validate_stream
+from ..providers import REGISTRY, broker_url, url_sources, validate_cluster
 from ..providers.base import Provider
 
 if TYPE_CHECKING:
@@ -97,8 +98,9 @@ class BrokerModule(Module):
 
     def __init__(self, bus: EventBus, name: str, config: pb.ClusterConfig) -> None:
         super().__init__(bus, name)
-        validate_cluster(name, config)
+        validate_cluster(name, config, test_doubles=bus.test_doubles)
         self.config = config
+        self.spec = REGISTRY[config.provider]
         self.url = ""
         self._provider: Provider | None = None
 
@@ -109,30 +111,31 @@ class BrokerModule(Module):
         return self._provider
 
     def _not_running_text(self) -> str:
-        if self.config.provider == "nats" and not self.url:
+        if not self.url:
             return (
-                f"{self} (provider=nats): runtime not initialized: no broker URL; set dsn, "
-                f"EVENTBUS_{env_key(self.name)}_URI or NATS_URL"
+                f"{self} (provider={self.spec.name}): runtime not initialized: no broker URL; "
+                f"set {url_sources(self.name, self.spec.name)}"
             )
-        return f"{self} (provider={self.config.provider}): runtime not initialized; start the module first"
+        return (
+            f"{self} (provider={self.spec.name}): runtime not initialized; start the module first"
+        )
 
     def _registry(self) -> dict[str, Any]:
         return self.bus.brokers
 
     def _register(self) -> None:
-        self.url = self.config.dsn or env_url(self.name, self.config.provider, self.bus.environ)
+        self.url = self.config.dsn or broker_url(self.name, self.spec.name, self.bus.environ)
         super()._register()
 
     async def _start(self) -> None:
-        provider = self.config.provider
-        if provider in ("kafka", "kinesis"):
-            raise ConfigError(
-                f"{self}: provider",
-                "has IaC declarations only; no runtime exists for it",
-                value=provider,
-                fix="use provider nats or pgchannel for publish/consume",
-            )
-        if provider == "nats" and not self.url:
+        self.spec.load()  # a declaration-only provider (kafka, kinesis) stops here, with why
+        if not self.url:
+            if self.spec.url_required:
+                raise ConfigError(
+                    f"{self}: dsn",
+                    f"provider {self.spec.name} needs a broker URL and none is set",
+                    fix=f"set {url_sources(self.name, self.spec.name)}",
+                )
             log.warning("%s", self._not_running_text())
             return  # degraded: declared for IaC/plan flows, lookups explain why
         runtime = self.bus.make_provider(self.config, self.url, self.name)

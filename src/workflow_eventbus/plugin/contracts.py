@@ -38,6 +38,7 @@ from ..core.names import (
 from ..engine.modules import DEFAULT_CONNECT_TIMEOUT
 from ..engine.subscriber import DEFAULT_BACKOFF, DEFAULT_DRAIN_TIMEOUT
 from ..engine.trigger import DEFAULT_ACK_WAIT, DEFAULT_MAX_IN_FLIGHT
+from ..providers import offered
 
 AUTHOR = "GoCodeAlone"
 DESCRIPTION = (
@@ -260,7 +261,7 @@ def _config_fields(module_type: str, desc: Descriptor) -> list[ppb.ConfigFieldDe
     for field in desc.fields:
         kind, options = _field_type(field)
         if field.name == "provider":
-            kind, options = "select", ["nats", "pgchannel", "memory", "kafka", "kinesis"]
+            kind, options = "select", offered()
         fields.append(
             ppb.ConfigFieldDef(
                 name=field.name,

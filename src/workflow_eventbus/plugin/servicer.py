@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from ..core.names import STEP_TYPES, SUBSCRIBE, TRIGGER_TYPES, canonical_module_
 from ..engine.bus import EventBus
 from ..engine.steps import create_step
 from ..engine.trigger import SubscribeTrigger, fill_trigger_struct
+from ..providers import test_doubles_allowed
 from ..providers.base import Delivery
 from . import contracts
 from .callbacks.client import CallbackClient
@@ -124,7 +126,9 @@ def _error_text(exc: BaseException) -> str:
 
 class PluginService(pgrpc.PluginServiceServicer):
     def __init__(self, callbacks: CallbackClient, bus: EventBus | None = None) -> None:
-        self.bus = bus if bus is not None else EventBus()
+        self.bus = (
+            bus if bus is not None else EventBus(test_doubles=test_doubles_allowed(os.environ))
+        )
         self.callbacks = callbacks
         self._handles: dict[str, _Handle] = {}
         self._steps: dict[str, _StepHandle] = {}

@@ -10,7 +10,7 @@ from ...core.config import duration_seconds
 from ...core.errors import ConfigError, RequestError
 from ...core.names import CONSUMER, STREAM
 from ...core.validation import start_time as parse_start_time
-from ...core.validation import validate_pg_stream_name
+from .rules import validate_pg_stream_name
 
 DEFAULT_ACK_WAIT = 30.0
 DEFAULT_DUPLICATE_WINDOW = 120.0

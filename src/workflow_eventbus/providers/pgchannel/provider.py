@@ -36,7 +36,7 @@ from ...core.errors import (
 from ...core.headers import MSG_ID_HEADER
 from ...core.names import BROKER, STREAM
 from ...core.subjects import subject_matches
-from ...core.validation import validate_pg_stream_name, validate_subject
+from ...core.validation import validate_subject
 from ..base import (
     AckAction,
     Delivery,
@@ -55,6 +55,7 @@ from .listener import Notifier, channel_name
 from .locks import publish_lock_key
 from .migrations import applied_versions, latest_version, migrate_up
 from .retention import sweep
+from .rules import validate_pg_stream_name
 from .subjects import filter_regex, patterns_overlap
 
 DEFAULT_SCHEMA = "public"
