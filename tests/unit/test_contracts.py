@@ -11,6 +11,7 @@ from google.protobuf import descriptor_pool
 from workflow_eventbus import __version__
 from workflow_eventbus._proto import plugin_pb2 as ppb
 from workflow_eventbus.cli.install import dump_json
+from workflow_eventbus.core import capabilities
 from workflow_eventbus.core.names import MODULE_ALIASES, MODULE_TYPES, STEP_TYPES, TRIGGER_TYPES
 from workflow_eventbus.plugin import contracts
 
@@ -85,7 +86,7 @@ def test_registry_kinds_and_messages() -> None:
 
 def test_module_schemas_cover_every_config_field() -> None:
     for schema in contracts.module_schemas().schemas:
-        cls = contracts.MODULE_CONFIGS[schema.type]
+        cls = capabilities.MODULES[schema.type].config
         assert [f.name for f in schema.config_fields] == [f.name for f in cls.DESCRIPTOR.fields]
         assert schema.label and schema.description
         for field in schema.config_fields:

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 import yaml
 
+from workflow_eventbus.core import capabilities
 from workflow_eventbus.core.config import decode
 from workflow_eventbus.core.names import SUBSCRIBE, canonical_module_type
 from workflow_eventbus.engine.bus import EventBus
 from workflow_eventbus.engine.trigger import parse_trigger_config
-from workflow_eventbus.plugin import contracts
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -26,7 +26,7 @@ def load(name: str) -> dict[str, Any]:
 def test_module_configs_decode_and_register(name: str) -> None:
     bus = EventBus(environ={})
     for module in load(name)["modules"]:
-        cls = contracts.MODULE_CONFIGS[canonical_module_type(module["type"])]
+        cls = capabilities.MODULES[canonical_module_type(module["type"])].config
         decode(cls, module["config"], setting=module["name"])
         bus.create_module(module["type"], module["name"], module["config"])
 
@@ -44,7 +44,7 @@ async def test_app_steps_and_trigger_decode() -> None:
             assert cfg.stream_name == "ORDERS" and cfg.name == "shipper"
             seen += 1
         for step in pipeline["steps"]:
-            contract = contracts.STEP_CONTRACTS.get(step["type"])
+            contract = capabilities.STEPS.get(step["type"])
             if contract is not None:
                 decode(contract.config, step.get("config", {}), setting=step["name"])
                 seen += 1

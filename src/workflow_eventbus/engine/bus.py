@@ -10,9 +10,8 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from google.protobuf.message import Message
-
 from .._proto import eventbus_pb2 as pb
+from ..core import capabilities
 from ..core.config import decode
 from ..core.errors import BrokerUnavailableError, ConfigError, NotFoundError
 from ..core.names import BROKER, CONSUMER, MODULE_ALIASES, STREAM, canonical_module_type
@@ -22,10 +21,11 @@ from .modules import BrokerModule, ConsumerModule, Module, StreamModule
 
 ProviderFactory = Callable[[pb.ClusterConfig, str, str], Provider]
 
-_MODULE_CLASSES: dict[str, tuple[type[Module], type[Message]]] = {
-    BROKER: (BrokerModule, pb.ClusterConfig),
-    STREAM: (StreamModule, pb.StreamConfig),
-    CONSUMER: (ConsumerModule, pb.ConsumerConfig),
+# The module classes of the library; their config messages are in core.capabilities.
+_MODULE_CLASSES: dict[str, type[Module]] = {
+    BROKER: BrokerModule,
+    STREAM: StreamModule,
+    CONSUMER: ConsumerModule,
 }
 
 
@@ -62,7 +62,7 @@ class EventBus:
             raise ConfigError(
                 "module type", "unknown module type", value=type_name, fix=f"use one of: {known}"
             )
-        cls, message_cls = _MODULE_CLASSES[canonical]
+        cls, message_cls = _MODULE_CLASSES[canonical], capabilities.MODULES[canonical].config
         if isinstance(config, message_cls):
             typed = config
         else:

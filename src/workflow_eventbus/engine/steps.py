@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from google.protobuf.message import Message
 
 from .._proto import eventbus_pb2 as pb
+from ..core import capabilities
 from ..core.config import decode, duration_seconds
 from ..core.errors import ConfigError, NotFoundError, RequestError
 from ..core.names import ACK_STEP, CONSUME_STEP, PUBLISH_STEP
@@ -32,12 +33,10 @@ DEFAULT_MAX_WAIT = 5.0  # seconds a consume waits for a first message (Go client
 
 
 class Step(abc.ABC, Generic[C, I, O]):
-    type_name: ClassVar[str]
-    config_type: ClassVar[type[Message]]
-    input_type: ClassVar[type[Message]]
-    output_type: ClassVar[type[Message]]
+    type_name: ClassVar[str]  # its messages are in core.capabilities.STEPS
 
     def __init__(self, bus: EventBus, name: str, config: C) -> None:
+        self.capability = capabilities.step(self.type_name)
         self.bus = bus
         self.name = name
         self.config = config
@@ -45,11 +44,14 @@ class Step(abc.ABC, Generic[C, I, O]):
     async def execute(self, request: I | None = None, config: C | None = None) -> O:
         """Run once; ``config`` overrides the stored config for this call only."""
         cfg = config if config is not None else self.config
-        req = request if request is not None else self.input_type()
+        req = request if request is not None else self._new_input()
         return await self._run(cfg, req)  # type: ignore[arg-type]
 
     @abc.abstractmethod
     async def _run(self, cfg: C, req: I) -> O: ...
+
+    def _new_input(self) -> Message:
+        return self.capability.input()
 
     def _where(self, field: str) -> str:
         return f'{self.type_name} "{self.name}": {field}'
@@ -57,9 +59,6 @@ class Step(abc.ABC, Generic[C, I, O]):
 
 class PublishStep(Step[pb.PublishStepConfig, pb.PublishRequest, pb.PublishResponse]):
     type_name = PUBLISH_STEP
-    config_type = pb.PublishStepConfig
-    input_type = pb.PublishRequest
-    output_type = pb.PublishResponse
 
     async def _run(self, cfg: pb.PublishStepConfig, req: pb.PublishRequest) -> pb.PublishResponse:
         provider = await self.bus.ready(cfg.broker_ref or req.broker_ref)
@@ -151,9 +150,6 @@ def _batch_response(results: list[PublishResult | Exception]) -> pb.PublishRespo
 
 class ConsumeStep(Step[pb.ConsumeStepConfig, pb.ConsumeRequest, pb.ConsumeResponse]):
     type_name = CONSUME_STEP
-    config_type = pb.ConsumeStepConfig
-    input_type = pb.ConsumeRequest
-    output_type = pb.ConsumeResponse
 
     async def _run(self, cfg: pb.ConsumeStepConfig, req: pb.ConsumeRequest) -> pb.ConsumeResponse:
         durable = cfg.consumer or req.consumer
@@ -179,9 +175,6 @@ class ConsumeStep(Step[pb.ConsumeStepConfig, pb.ConsumeRequest, pb.ConsumeRespon
 
 class AckStep(Step[pb.AckStepConfig, pb.AckRequest, pb.AckResponse]):
     type_name = ACK_STEP
-    config_type = pb.AckStepConfig
-    input_type = pb.AckRequest
-    output_type = pb.AckResponse
 
     async def _run(self, cfg: pb.AckStepConfig, req: pb.AckRequest) -> pb.AckResponse:
         tokens = [t for t in [cfg.ack_token, *cfg.ack_tokens] if t]
@@ -221,8 +214,9 @@ def create_step(
             value=type_name,
             fix=f"use one of: {', '.join(STEP_CLASSES)}",
         )
-    if isinstance(config, cls.config_type):
+    config_type = capabilities.step(type_name).config
+    if isinstance(config, config_type):
         typed = config
     else:
-        typed = decode(cls.config_type, config, setting=f'{type_name} "{name}"')
+        typed = decode(config_type, config, setting=f'{type_name} "{name}"')
     return cls(bus, name, typed)
