@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from workflow_eventbus._proto import eventbus_pb2 as pb
 from workflow_eventbus.core.config import decode
 from workflow_eventbus.core.errors import ConfigError, EventbusError
-from workflow_eventbus.core.validation import validate_subject
+from workflow_eventbus.core.subjects import validate_subject
 from workflow_eventbus.engine.bus import EventBus
 from workflow_eventbus.engine.trigger import parse_trigger_config
 

@@ -1,8 +1,84 @@
-"""NATS subject matching, shared by the providers that do it themselves."""
+"""The subject grammar, one for every provider: validate, match, filter lists.
+
+Subjects are NATS subjects: dot-separated non-empty tokens without white
+space; in a pattern ``*`` is one whole token and ``>`` one or more trailing
+tokens. A consumer's ``filter_subject`` is a list: patterns separated by commas
+(``"orders.created, orders.paid"``), a message is delivered when any of them
+matches. The same text means the same on NATS (several patterns become
+JetStream's ``filter_subjects``), pgchannel (one SQL regular expression) and the
+memory double; ``tests/conformance`` checks it on each.
+"""
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
+
+from .errors import ConfigError
+
+FILTER_SEPARATOR = ","
+_WHITE_SPACE = re.compile(r"\s")
+
+
+def validate_subject(subject: str, *, setting: str, wildcards: bool) -> None:
+    """A subject (``wildcards=False``) or a pattern (``wildcards=True``); a ConfigError
+    naming ``setting`` otherwise."""
+    if not subject:
+        raise ConfigError(setting, "subject is empty", fix="write a subject such as orders.created")
+    if _WHITE_SPACE.search(subject):
+        raise ConfigError(setting, "subjects cannot contain white space", value=subject)
+    if FILTER_SEPARATOR in subject:
+        raise ConfigError(
+            setting,
+            "subjects cannot contain ','",
+            value=subject,
+            fix="a consumer's filter_subject lists several patterns separated by ','; "
+            "anywhere else write one subject",
+        )
+    tokens = subject.split(".")
+    for i, token in enumerate(tokens):
+        if not token:
+            raise ConfigError(
+                setting,
+                "empty token (leading, trailing or double '.')",
+                value=subject,
+                fix="write tokens separated by single dots, e.g. orders.created",
+            )
+        is_wild = token in ("*", ">")
+        if not is_wild and ("*" in token or ">" in token):
+            raise ConfigError(
+                setting,
+                "'*' and '>' must be whole tokens",
+                value=subject,
+                fix="write orders.* or orders.>, not orders.x*",
+            )
+        if is_wild and not wildcards:
+            raise ConfigError(
+                setting,
+                "wildcards are not allowed here",
+                value=subject,
+                fix="publish to a concrete subject such as orders.created",
+            )
+        if token == ">" and i != len(tokens) - 1:
+            raise ConfigError(setting, "'>' is only allowed as the last token", value=subject)
+
+
+def split_filter(filter_subject: str) -> list[str]:
+    """``"a.*, b.>"`` -> ``["a.*", "b.>"]``; blanks around entries and empty entries go."""
+    return [part.strip() for part in filter_subject.split(FILTER_SEPARATOR) if part.strip()]
+
+
+def validate_filter(filter_subject: str, *, setting: str) -> list[str]:
+    """Every pattern of a filter list, validated; returns them (``[]``: no filter)."""
+    patterns = split_filter(filter_subject)
+    if filter_subject.strip() and not patterns:
+        raise ConfigError(
+            setting, "lists no pattern", value=filter_subject, fix="write e.g. orders.*"
+        )
+    for i, pattern in enumerate(patterns):
+        where = setting if len(patterns) == 1 else f"{setting}[{i}]"
+        validate_subject(pattern, setting=where, wildcards=True)
+    return patterns
 
 
 @lru_cache(maxsize=4096)
@@ -21,3 +97,14 @@ def subject_matches(pattern: str, subject: str) -> bool:
         if i >= len(sub) or (token != "*" and token != sub[i]):
             return False
     return len(pat) == len(sub)
+
+
+@lru_cache(maxsize=1024)
+def _filter_patterns(filter_subject: str) -> tuple[str, ...]:
+    return tuple(split_filter(filter_subject))
+
+
+def filter_matches(filter_subject: str, subject: str) -> bool:
+    """True when a consumer with ``filter_subject`` (a list; empty = all) gets ``subject``."""
+    patterns = _filter_patterns(filter_subject)
+    return not patterns or any(subject_matches(p, subject) for p in patterns)

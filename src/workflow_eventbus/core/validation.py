@@ -1,4 +1,5 @@
-"""Validation rules for broker, stream and consumer configs (reference §3, §6.2).
+"""Validation rules for stream and consumer configs (reference §3, §6.2); a broker's rules
+depend on its provider and live with the provider registry (:mod:`..providers`).
 
 Each function raises :class:`ConfigError` naming the module, the setting, the
 bad value and the fix; on success it returns nothing and changes nothing.
@@ -13,8 +14,8 @@ from .._proto import eventbus_pb2 as pb
 from .config import duration_seconds
 from .errors import ConfigError
 from .names import CONSUMER, STREAM
+from .subjects import validate_filter, validate_subject
 
-_TOKEN_BAD = re.compile(r"[\s]")
 _NAME_BAD = re.compile(r"[\s.*>/\\]")
 MAX_NAME = 255  # JetStream's limit for stream and consumer names
 
@@ -79,7 +80,7 @@ def validate_consumer(name: str, cfg: pb.ConsumerConfig, *, kind: str = CONSUMER
             f"{where}: stream_name", "is required", fix="set stream_name to the stream's name"
         )
     if cfg.filter_subject:
-        validate_subject(cfg.filter_subject, setting=f"{where}: filter_subject", wildcards=True)
+        validate_filter(cfg.filter_subject, setting=f"{where}: filter_subject")
     if cfg.max_deliver < -1:
         raise ConfigError(
             f"{where}: max_deliver", "must be -1 (unlimited) or more", value=cfg.max_deliver
@@ -133,38 +134,3 @@ def start_time(cfg: pb.ConsumerConfig, *, setting: str) -> datetime | None:
             fix='write it like "2026-01-01T00:00:00Z"',
         ) from exc
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def validate_subject(subject: str, *, setting: str, wildcards: bool) -> None:
-    """NATS subject syntax: dot-separated non-empty tokens; ``*`` a whole token;
-    ``>`` only as the last token. Wildcards are refused where ``wildcards`` is false."""
-    if not subject:
-        raise ConfigError(setting, "subject is empty", fix="write a subject such as orders.created")
-    if _TOKEN_BAD.search(subject):
-        raise ConfigError(setting, "subjects cannot contain white space", value=subject)
-    tokens = subject.split(".")
-    for i, token in enumerate(tokens):
-        if not token:
-            raise ConfigError(
-                setting,
-                "empty token (leading, trailing or double '.')",
-                value=subject,
-                fix="write tokens separated by single dots, e.g. orders.created",
-            )
-        is_wild = token in ("*", ">")
-        if not is_wild and ("*" in token or ">" in token):
-            raise ConfigError(
-                setting,
-                "'*' and '>' must be whole tokens",
-                value=subject,
-                fix="write orders.* or orders.>, not orders.x*",
-            )
-        if is_wild and not wildcards:
-            raise ConfigError(
-                setting,
-                "wildcards are not allowed here",
-                value=subject,
-                fix="publish to a concrete subject such as orders.created",
-            )
-        if token == ">" and i != len(tokens) - 1:
-            raise ConfigError(setting, "'>' is only allowed as the last token", value=subject)

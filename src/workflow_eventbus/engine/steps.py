@@ -21,7 +21,7 @@ from ..core import capabilities
 from ..core.config import decode, duration_seconds
 from ..core.errors import ConfigError, NotFoundError, RequestError
 from ..core.names import ACK_STEP, CONSUME_STEP, PUBLISH_STEP
-from ..core.validation import validate_subject
+from ..core.subjects import validate_subject
 from ..providers.base import MAX_BATCH, AckAction, OutboundMessage, PublishResult, batch_size
 from .bus import EventBus
 

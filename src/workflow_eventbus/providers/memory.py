@@ -21,7 +21,7 @@ from .._proto import eventbus_pb2 as pb
 from ..core.config import duration_seconds
 from ..core.errors import BrokerUnavailableError, ConflictError, NotFoundError, RequestError
 from ..core.headers import CORRELATION_HEADER
-from ..core.subjects import subject_matches
+from ..core.subjects import filter_matches, subject_matches
 from .base import (
     AckAction,
     Delivery,
@@ -207,8 +207,7 @@ class MemoryProvider(Provider):
 
     @staticmethod
     def _wanted(state: _Consumer, stored: _Stored) -> bool:
-        flt = state.cfg.filter_subject
-        return not flt or subject_matches(flt, stored.subject)
+        return filter_matches(state.cfg.filter_subject, stored.subject)
 
     def _delivery(
         self, stream: str, state: _Consumer, stored: _Stored, count: int, gen: int

@@ -17,6 +17,7 @@ from nats.js import api
 
 from ..._proto import eventbus_pb2 as pb
 from ...core.config import duration_seconds
+from ...core.subjects import FILTER_SEPARATOR, split_filter
 from ...core.validation import start_time
 
 DEFAULT_ACK_WAIT = 30.0  # JetStream's default consumer ack wait
@@ -147,9 +148,11 @@ def consumer_config(cfg: pb.ConsumerConfig, stream_ack_wait: float | None) -> ap
     if not ack_wait:
         ack_wait = stream_ack_wait or None
     backoff = [_seconds(step) for step in cfg.backoff] or None
+    filters = split_filter(cfg.filter_subject)  # a list: JetStream's filter_subjects when > 1
     return api.ConsumerConfig(
         durable_name=cfg.name,
-        filter_subject=cfg.filter_subject or None,
+        filter_subject=filters[0] if len(filters) == 1 else None,
+        filter_subjects=filters if len(filters) > 1 else None,
         deliver_policy=policy,
         opt_start_seq=cfg.opt_start_seq if by_seq else None,
         opt_start_time=start_time(cfg, setting=f"{setting}.opt_start_time") if by_time else None,
@@ -159,6 +162,12 @@ def consumer_config(cfg: pb.ConsumerConfig, stream_ack_wait: float | None) -> ap
         max_ack_pending=cfg.max_ack_pending or None,
         backoff=backoff,
     )
+
+
+def _filters(cfg: api.ConsumerConfig) -> str:
+    """Both JetStream filter fields as one comma list, in the order given."""
+    parts = [cfg.filter_subject] if cfg.filter_subject else list(cfg.filter_subjects or [])
+    return FILTER_SEPARATOR.join(parts)
 
 
 def _expected_ack_wait(desired: api.ConsumerConfig) -> float:
@@ -184,7 +193,7 @@ def consumer_differences(
         ("opt_start_seq", current.opt_start_seq or 0, desired.opt_start_seq or 0),
         ("opt_start_time", current.opt_start_time, desired.opt_start_time),
         ("ack_policy", current.ack_policy, desired.ack_policy),
-        ("filter_subject", current.filter_subject or "", desired.filter_subject or ""),
+        ("filter_subject", _filters(current), _filters(desired)),
         ("max_deliver", _limit(current.max_deliver or -1), desired.max_deliver),
         ("ack_wait", float(current.ack_wait or 0.0), _expected_ack_wait(desired)),
         ("max_ack_pending", cur_pending, _expected_max_ack_pending(desired, cur_pending)),

@@ -35,8 +35,7 @@ from ...core.errors import (
 )
 from ...core.headers import MSG_ID_HEADER
 from ...core.names import BROKER, STREAM
-from ...core.subjects import subject_matches
-from ...core.validation import validate_subject
+from ...core.subjects import subject_matches, validate_subject
 from ..base import (
     AckAction,
     Delivery,

@@ -1,9 +1,8 @@
 """NATS subject patterns as PostgreSQL regular expressions, and stream overlap checks.
 
-A consumer filter becomes one anchored regular expression passed to SQL as a
-parameter (``subject ~ %s``); nothing of it is spliced into SQL text. A filter
-holding commas is a list of patterns (the Go plugin's list form), each with
-NATS wildcards: ``*`` one token, ``>`` one or more trailing tokens.
+A consumer filter (a list of patterns, see :mod:`workflow_eventbus.core.subjects`)
+becomes one anchored regular expression passed to SQL as a parameter
+(``subject ~ %s``); nothing of it is spliced into SQL text.
 """
 
 from __future__ import annotations
@@ -11,12 +10,9 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+from ...core.subjects import split_filter
+
 _LITERAL = re.compile(r"[A-Za-z0-9_-]")
-
-
-def split_filter(filter_subject: str) -> list[str]:
-    """``"a.*, b.>"`` -> ``["a.*", "b.>"]``; empty entries are dropped."""
-    return [part.strip() for part in filter_subject.split(",") if part.strip()]
 
 
 def _escape(token: str) -> str:
