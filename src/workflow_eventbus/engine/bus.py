@@ -128,14 +128,20 @@ class EventBus:
         except BrokerUnavailableError as exc:
             raise BrokerUnavailableError(f"{who}: {exc}") from exc
 
-    def consumer_config(self, durable: str) -> pb.ConsumerConfig | None:
-        """Config of the registered consumer module whose durable name is ``durable``.
+    def stream_named(self, name: str) -> StreamModule | None:
+        """The registered stream module whose stream is ``name`` (the first registered)."""
+        return next((m for m in self.streams.values() if m.config.name == name), None)
+
+    def consumer_named(self, durable: str) -> ConsumerModule | None:
+        """The registered consumer module whose durable name is ``durable``.
 
         Deterministic when several share the name: the first registered wins."""
-        for module in self.consumers.values():
-            if module.config.name == durable:
-                return module.config
-        return None
+        return next((m for m in self.consumers.values() if m.config.name == durable), None)
+
+    def consumer_config(self, durable: str) -> pb.ConsumerConfig | None:
+        """Config of the consumer module whose durable name is ``durable``, or None."""
+        module = self.consumer_named(durable)
+        return module.config if module is not None else None
 
     def _broker_names(self) -> str:
         return "[" + ", ".join(sorted(self.brokers)) + "]"

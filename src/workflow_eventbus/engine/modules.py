@@ -179,17 +179,18 @@ class ConsumerModule(Module):
         return self.bus.consumers
 
     async def _start(self) -> None:
-        for stream in list(self.bus.streams.values()):
-            if stream.config.name == self.config.stream_name:
-                await stream.start()
+        stream = self.bus.stream_named(self.config.stream_name)
+        if stream is not None:
+            await stream.start()
         provider = await self.bus.started_provider(self.config.broker_ref, who=str(self))
-        if self.config.max_deliver > 0 and not self.config.dead_letter_subject:
-            await ensure_dead_letter_stream(provider)
-        await provider.ensure_consumer(self.config)
+        await declare_consumer(provider, self.config)
 
 
-async def ensure_dead_letter_stream(provider: Provider) -> None:
-    """The shared stream that keeps exhausted messages (default dead-letter target)."""
-    await provider.ensure_stream(
-        pb.StreamConfig(name=DEAD_LETTER_STREAM, subjects=[f"{DEAD_LETTER_PREFIX}.>"])
-    )
+async def declare_consumer(provider: Provider, cfg: pb.ConsumerConfig) -> None:
+    """Ensure the durable consumer ``cfg``; first the shared dead-letter stream when
+    exhausted messages will go there (``max_deliver`` set, no own dead_letter_subject)."""
+    if cfg.max_deliver > 0 and not cfg.dead_letter_subject:
+        await provider.ensure_stream(
+            pb.StreamConfig(name=DEAD_LETTER_STREAM, subjects=[f"{DEAD_LETTER_PREFIX}.>"])
+        )
+    await provider.ensure_consumer(cfg)

@@ -25,7 +25,7 @@ from ..core.names import SUBSCRIBE
 from ..core.validation import validate_consumer
 from ..providers.base import Delivery, rfc3339
 from .bus import EventBus
-from .modules import ensure_dead_letter_stream
+from .modules import declare_consumer
 from .subscriber import DEFAULT_BACKOFF, DEFAULT_DRAIN_TIMEOUT, SubscribeOptions, Subscription
 
 log = logging.getLogger("workflow_eventbus.engine.trigger")
@@ -248,10 +248,8 @@ class SubscribeTrigger:
         )
 
     def _stream_ack_wait(self) -> float:
-        for stream in self.bus.streams.values():
-            if stream.config.name == self.config.stream_name:
-                return duration_seconds(stream.config.ack_wait)
-        return 0.0
+        stream = self.bus.stream_named(self.config.stream_name)
+        return duration_seconds(stream.config.ack_wait) if stream is not None else 0.0
 
     async def start(self) -> None:
         if self.subscription is not None and self.subscription.running:
@@ -268,15 +266,13 @@ class SubscribeTrigger:
         await self.subscription.start()
 
     async def _ensure_consumer(self) -> None:
-        for module in list(self.bus.consumers.values()):
-            if module.config.name == self.config.name:
-                await module.start()
-                return
+        module = self.bus.consumer_named(self.config.name)
+        if module is not None:
+            await module.start()
+            return
         try:
             provider = await self.bus.started_provider(self.config.broker_ref, who=str(self))
-            if self.config.max_deliver > 0 and not self.config.dead_letter_subject:
-                await ensure_dead_letter_stream(provider)
-            await provider.ensure_consumer(self.config)
+            await declare_consumer(provider, self.config)
         except BrokerUnavailableError as exc:
             log.warning("%s: broker not reachable yet, the loop will retry: %s", self, exc)
 
