@@ -12,12 +12,12 @@ from datetime import UTC, datetime
 
 from .._proto import eventbus_pb2 as pb
 from .config import duration_seconds
+from .defaults import MAX_NAME
 from .errors import ConfigError
 from .names import CONSUMER, STREAM
 from .subjects import validate_filter, validate_subject
 
 _NAME_BAD = re.compile(r"[\s.*>/\\]")
-MAX_NAME = 255  # JetStream's limit for stream and consumer names
 
 
 def validate_stream(name: str, cfg: pb.StreamConfig) -> None:

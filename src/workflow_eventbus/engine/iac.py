@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from .._proto import eventbus_pb2 as pb
 from ..core.config import duration_seconds
+from ..core.defaults import DEFAULT_KAFKA_VERSION, DEFAULT_NATS_VERSION
 from ..core.errors import ConfigError
 from ..providers import REGISTRY
 from ..providers.targets import (
@@ -30,8 +31,6 @@ from ..providers.targets import (
     SELF_HOSTED,
 )
 
-DEFAULT_NATS_VERSION = "2.10"
-DEFAULT_KAFKA_VERSION = "3.7"
 NATS_PORTS = "4222,8222,6222"
 
 

@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from .._proto import eventbus_pb2 as pb
 from ..core.config import duration_seconds
 from ..core.deadletter import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
+from ..core.defaults import DEFAULT_CONNECT_TIMEOUT
 from ..core.errors import BrokerUnavailableError, ConfigError
 from ..core.names import BROKER, CONSUMER, STREAM
 from ..core.validation import validate_consumer, validate_stream
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
     from .bus import EventBus
 
 log = logging.getLogger("workflow_eventbus.engine.modules")
-
-DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
 class Module(abc.ABC):

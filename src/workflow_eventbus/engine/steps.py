@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from .._proto import eventbus_pb2 as pb
 from ..core import capabilities
 from ..core.config import decode, duration_seconds
+from ..core.defaults import DEFAULT_CONSUME_MAX_WAIT
 from ..core.errors import ConfigError, NotFoundError, RequestError
 from ..core.names import ACK_STEP, CONSUME_STEP, PUBLISH_STEP
 from ..core.subjects import validate_subject
@@ -28,8 +29,6 @@ from .bus import EventBus
 C = TypeVar("C", bound=Message)
 I = TypeVar("I", bound=Message)  # noqa: E741
 O = TypeVar("O", bound=Message)  # noqa: E741
-
-DEFAULT_MAX_WAIT = 5.0  # seconds a consume waits for a first message (Go client default)
 
 
 class Step(abc.ABC, Generic[C, I, O]):
@@ -167,7 +166,11 @@ class ConsumeStep(Step[pb.ConsumeStepConfig, pb.ConsumeRequest, pb.ConsumeRespon
             )
         ref = cfg.broker_ref or req.broker_ref or registered.broker_ref
         provider = await self.bus.ready(ref)
-        wait = duration_seconds(cfg.max_wait) or duration_seconds(req.max_wait) or DEFAULT_MAX_WAIT
+        wait = (
+            duration_seconds(cfg.max_wait)
+            or duration_seconds(req.max_wait)
+            or DEFAULT_CONSUME_MAX_WAIT
+        )
         size = batch_size(cfg.batch_size or req.batch_size)
         deliveries = await provider.fetch(registered.stream_name, durable, size, wait)
         return pb.ConsumeResponse(messages=[d.to_proto() for d in deliveries])

@@ -51,6 +51,7 @@ from ..core.deadletter import (
     MAX_ERROR_TEXT,
     dead_letter_msg_id,
 )
+from ..core.defaults import DEFAULT_BACKOFF, DEFAULT_DRAIN_TIMEOUT
 from ..core.errors import BrokerUnavailableError, EventbusError
 from ..core.headers import MSG_ID_HEADER
 from ..core.lifecycle import cancel_and_wait
@@ -60,8 +61,6 @@ log = logging.getLogger("workflow_eventbus.engine.subscriber")
 
 Handler = Callable[[Delivery], Awaitable[None]]
 
-DEFAULT_BACKOFF = (1.0, 5.0, 30.0)
-DEFAULT_DRAIN_TIMEOUT = 30.0
 MIN_SIGNAL_INTERVAL = 0.02
 AHEAD_WAIT = 0.05  # seconds a fetch ahead of need waits for messages
 

@@ -20,13 +20,19 @@ from google.protobuf import struct_pb2
 from .._proto import eventbus_pb2 as pb
 from ..core.config import as_mapping, decode, duration_seconds
 from ..core.deadletter import default_dead_letter_subject
+from ..core.defaults import (
+    DEFAULT_ACK_WAIT,
+    DEFAULT_BACKOFF,
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_MAX_IN_FLIGHT,
+)
 from ..core.errors import BrokerUnavailableError, ConfigError
 from ..core.names import SUBSCRIBE
 from ..core.validation import validate_consumer
 from ..providers.base import Delivery, rfc3339
 from .bus import EventBus
 from .modules import declare_consumer
-from .subscriber import DEFAULT_BACKOFF, DEFAULT_DRAIN_TIMEOUT, SubscribeOptions, Subscription
+from .subscriber import SubscribeOptions, Subscription
 
 log = logging.getLogger("workflow_eventbus.engine.trigger")
 
@@ -35,8 +41,6 @@ DeliveryHandler = Callable[[Delivery], Awaitable[None]]
 
 ALIASES = {"consumer": "name", "bus": "broker_ref"}
 ENGINE_KEYS = ("workflowType",)
-DEFAULT_MAX_IN_FLIGHT = 1
-DEFAULT_ACK_WAIT = 30.0
 
 _JSON_TYPES = {
     bool: "boolean",

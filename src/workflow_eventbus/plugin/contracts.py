@@ -35,9 +35,13 @@ from ..core.names import (
     SUBSCRIBE,
     TRIGGER_TYPES,
 )
-from ..engine.modules import DEFAULT_CONNECT_TIMEOUT
-from ..engine.subscriber import DEFAULT_BACKOFF, DEFAULT_DRAIN_TIMEOUT
-from ..engine.trigger import DEFAULT_ACK_WAIT, DEFAULT_MAX_IN_FLIGHT
+from ..core.defaults import (
+    DEFAULT_ACK_WAIT,
+    DEFAULT_BACKOFF,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_MAX_IN_FLIGHT,
+)
 from ..providers import offered
 
 AUTHOR = "GoCodeAlone"

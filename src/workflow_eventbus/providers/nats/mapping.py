@@ -17,12 +17,9 @@ from nats.js import api
 
 from ..._proto import eventbus_pb2 as pb
 from ...core.config import duration_seconds
+from ...core.defaults import DEFAULT_ACK_WAIT, DEFAULT_DUPLICATE_WINDOW, DEFAULT_MAX_ACK_PENDING
 from ...core.subjects import FILTER_SEPARATOR, split_filter
 from ...core.validation import start_time
-
-DEFAULT_ACK_WAIT = 30.0  # JetStream's default consumer ack wait
-DEFAULT_DUPLICATE_WINDOW = 120.0  # JetStream's default dedup window
-DEFAULT_MAX_ACK_PENDING = 1000  # JetStream's default for explicit/all ack
 
 _RETENTION = {
     pb.RETENTION_POLICY_UNSPECIFIED: api.RetentionPolicy.LIMITS,

@@ -7,14 +7,12 @@ from typing import Any
 
 from ..._proto import eventbus_pb2 as pb
 from ...core.config import duration_seconds
+from ...core.defaults import DEFAULT_DUPLICATE_WINDOW, DEFAULT_MAX_ACK_PENDING
 from ...core.errors import ConfigError, RequestError
 from ...core.names import CONSUMER, STREAM
 from ...core.validation import start_time as parse_start_time
 from .rules import validate_pg_stream_name
 
-DEFAULT_ACK_WAIT = 30.0
-DEFAULT_DUPLICATE_WINDOW = 120.0
-DEFAULT_MAX_ACK_PENDING = 1000  # JetStream's default for pull consumers
 UNLIMITED_DELIVER = 2**31 - 1  # stored for "unlimited" so Go's `count > max_deliver` never fires
 
 RETENTION = {
