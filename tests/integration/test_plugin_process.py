@@ -23,7 +23,8 @@ from typing import Any
 import nats
 import pytest
 import pytest_asyncio
-from google.protobuf import descriptor_pool, empty_pb2
+from google.protobuf import descriptor_pool, empty_pb2, struct_pb2
+from nats.js.api import AckPolicy, DeliverPolicy
 
 from workflow_eventbus import __version__
 from workflow_eventbus._proto import eventbus_pb2 as pb
@@ -183,7 +184,34 @@ async def test_every_contract_message_resolves_from_the_descriptor_set_alone(
                 referenced.add(name)
                 assert pool.FindMessageTypeByName(name).full_name == name
     assert "workflow.plugin.eventbus.v1.PublishStepConfig" in referenced
-    assert len(referenced) >= 12
+    v1 = "workflow.plugin.eventbus.v1."
+    messages = ("AckRequest", "AckResponse", "ConsumeRequest", "ConsumeResponse")
+    messages += ("ConsumerConfig", "Message", "PublishRequest", "PublishResponse")
+    assert referenced == {"google.protobuf.Struct", f"{v1}PublishStepConfig"} | {
+        v1 + name for name in messages
+    }
+
+
+async def test_configs_with_enums_or_durations_are_contracted_as_struct(host: PluginHost) -> None:
+    # The engine builds a contract's config message with protobuf JSON, which takes
+    # neither `explicit` nor "1m30s"; for such configs the contract says Struct and
+    # the plugin decodes the mapping itself.
+    registry = await host.registry()
+    configs = {
+        (d.kind, d.module_type or d.step_type or d.trigger_type): d.config_message
+        for d in registry.contracts
+    }
+    struct = "google.protobuf.Struct"
+    for module_type in contracts.RUNTIME_MODULE_TYPES:
+        assert configs[(ppb.CONTRACT_KIND_MODULE, module_type)] == struct, module_type
+    assert configs[(ppb.CONTRACT_KIND_STEP, "step.eventbus.consume")] == struct
+    assert configs[(ppb.CONTRACT_KIND_STEP, "step.eventbus.ack")] == struct
+    # No enum or duration in it: the engine checks it before the RPC.
+    publish = configs[(ppb.CONTRACT_KIND_STEP, "step.eventbus.publish")]
+    assert publish == "workflow.plugin.eventbus.v1.PublishStepConfig"
+    # Documentation only (the engine sends trigger configs as a Struct anyway).
+    trigger = configs[(ppb.CONTRACT_KIND_TRIGGER, "trigger.eventbus.subscribe")]
+    assert trigger == "workflow.plugin.eventbus.v1.ConsumerConfig"
 
 
 async def test_runtime_registry_matches_the_committed_files(host: PluginHost) -> None:
@@ -296,6 +324,178 @@ async def test_subscribe_trigger_as_a_module_type_is_accepted(host: PluginHost) 
     await host.stop_module(handle)
     with pytest.raises(PluginError, match="name"):
         await host.create_module("trigger.eventbus.subscribe", "unnamed", {})
+
+
+# --- configs as Struct (what the engine sends for these contracts) ------------------
+
+
+def struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(values)
+    return out
+
+
+async def test_struct_typed_configs_take_every_documented_form(
+    host: PluginHost, bus: dict[str, str], nats_url: str
+) -> None:
+    config = {
+        "name": "forms-c",
+        "stream_name": "PLUGIN_IT",
+        "filter_subject": "it.forms",
+        "ack_policy": "explicit",
+        "deliverPolicy": "DELIVER_POLICY_ALL",  # camelCase key, full enum name
+        "ack_wait": "1m30s",
+        "max_deliver": 5.0,  # Struct numbers are doubles
+        "_config_dir": "/ignored",
+    }
+    handle = await host.create_module("eventbus.consumer", "forms-c", typed=struct(config))
+    await host.init_module(handle)
+    await host.start_module(handle)
+    info = (await consumer_info(nats_url, "forms-c")).config
+    assert (info.ack_policy, info.deliver_policy) == (AckPolicy.EXPLICIT, DeliverPolicy.ALL)
+    assert (info.ack_wait, info.max_deliver) == (90, 5)
+
+    with pytest.raises(PluginError, match=r"ack_polcy: unknown key for ConsumerConfig.*ack_policy"):
+        await host.create_module(
+            "eventbus.consumer", "typo-c", typed=struct({"name": "t", "ack_polcy": "explicit"})
+        )
+    with pytest.raises(PluginError, match=r"ack_wait.*not a duration.*1m30"):
+        await host.create_module(
+            "eventbus.consumer", "bad-c", typed=struct({"name": "t", "ack_wait": "1m30"})
+        )
+
+
+# --- the ack step's action and delay ----------------------------------------------
+
+# Each case runs twice: the settings written in the step config (what the engine
+# sends as typed_config: the resolved YAML, here in its short forms) and carried by
+# the typed input (the pipeline's data; typed fields).
+ACK_FORMS = ["step-config", "typed-input"]
+
+
+async def settle_with_ack_step(
+    host: PluginHost, token: str, form: str, action: str, delay: float = 0.0
+) -> None:
+    settings: dict[str, Any] = {"action": action}
+    if delay:
+        settings["delay"] = f"{round(delay * 1000)}ms"
+    if form == "step-config":
+        step = await host.create_step("step.eventbus.ack", f"ack-{action}", typed=struct(settings))
+        answer = await host.execute_step(
+            step, pb.AckRequest(), typed_config=struct({"ack_token": token, **settings})
+        )
+    else:
+        step = await host.create_step("step.eventbus.ack", f"ack-{action}")
+        request = pb.AckRequest(
+            ack_token=token, action=pb.AckAction.Value(f"ACK_ACTION_{action.upper()}")
+        )
+        request.delay.FromMilliseconds(round(delay * 1000))
+        answer = await host.execute_step(step, request, typed_config=struct({}))
+    assert answer.error == ""
+    result = pb.AckResponse()
+    answer.typed_output.Unpack(result)
+    assert result.count == 1
+
+
+async def one_delivery(
+    host: PluginHost, durable: str, subject: str, ack_wait: float
+) -> tuple[str, str]:
+    """A consumer with ``ack_wait``, one message published and consumed: (step, token)."""
+    handle = await host.create_module(
+        "eventbus.consumer",
+        durable,
+        typed=struct(
+            {
+                "name": durable,
+                "stream_name": "PLUGIN_IT",
+                "filter_subject": subject,
+                "ack_wait": f"{ack_wait}s",
+            }
+        ),
+    )
+    await host.init_module(handle)
+    await host.start_module(handle)
+    publish = await host.create_step(
+        "step.eventbus.publish", f"pub-{durable}", {"subject": subject}
+    )
+    await host.run_step(publish, pb.PublishRequest(payload=b"job"), pb.PublishResponse)
+    take = await host.create_step("step.eventbus.consume", f"take-{durable}", {"consumer": durable})
+    (first,) = (await take_messages(host, take, 5.0)).messages
+    assert first.delivery_count == 1
+    return take, first.ack_token
+
+
+async def take_messages(host: PluginHost, take: str, wait: float) -> pb.ConsumeResponse:
+    request = pb.ConsumeRequest(batch_size=1)
+    request.max_wait.FromMilliseconds(round(wait * 1000))
+    result: pb.ConsumeResponse = await host.run_step(take, request, pb.ConsumeResponse)
+    return result
+
+
+@pytest.mark.parametrize("form", ACK_FORMS)
+async def test_ack_step_nak_with_delay_redelivers_after_the_delay(
+    host: PluginHost, bus: dict[str, str], form: str
+) -> None:
+    durable = f"nak-delay-{form}"
+    take, token = await one_delivery(host, durable, f"it.nakdelay.{form}", ack_wait=30)
+    delay = 1.5
+    began = time.monotonic()
+    await settle_with_ack_step(host, token, form, "nak", delay)
+    # Not before the delay (a bare nak comes back at once) ...
+    assert (await take_messages(host, take, delay / 2)).messages == []
+    # ... and soon after it (not at the 30 s ack wait).
+    (again,) = (await take_messages(host, take, 10.0)).messages
+    waited = time.monotonic() - began
+    assert again.delivery_count == 2
+    assert delay <= waited < delay + 5, waited
+
+
+@pytest.mark.parametrize("form", ACK_FORMS)
+async def test_ack_step_term_stops_redelivery(
+    host: PluginHost, bus: dict[str, str], nats_url: str, form: str
+) -> None:
+    durable = f"term-{form}"
+    ack_wait = 1.0
+    nc = await nats.connect(nats_url)
+    try:
+        terminated = await nc.subscribe(
+            f"$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.PLUGIN_IT.{durable}"
+        )
+        await nc.flush()
+        take, token = await one_delivery(host, durable, f"it.term.{form}", ack_wait)
+        await settle_with_ack_step(host, token, form, "term")
+        advisory = json.loads((await terminated.next_msg(timeout=5)).data)
+        assert advisory["consumer"] == durable
+    finally:
+        await nc.close()
+    # Unsettled, the message would be back after its 1 s ack wait: past twice that,
+    # nothing came.
+    assert (await take_messages(host, take, 2.5 * ack_wait)).messages == []
+    info = await consumer_info(nats_url, durable)
+    assert (info.num_ack_pending, info.num_pending, info.num_redelivered) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("form", ACK_FORMS)
+async def test_ack_step_in_progress_extends_the_lease(
+    host: PluginHost, bus: dict[str, str], form: str
+) -> None:
+    durable = f"wip-{form}"
+    ack_wait = 2.0
+    take, token = await one_delivery(host, durable, f"it.wip.{form}", ack_wait)
+    leased = time.monotonic()
+    # The scenario itself, not a readiness wait: let most of the lease pass.
+    await asyncio.sleep(ack_wait * 0.6)
+    signalled = time.monotonic()
+    await settle_with_ack_step(host, token, form, "in_progress")
+    # The original lease ends at leased + ack_wait; the signal renewed it from
+    # `signalled`, so nothing comes back before signalled + ack_wait ...
+    assert (await take_messages(host, take, ack_wait * 0.8)).messages == []
+    assert time.monotonic() > leased + ack_wait
+    # ... and then the broker redelivers it (the signal is not an ack).
+    (again,) = (await take_messages(host, take, 10.0)).messages
+    waited = time.monotonic() - signalled
+    assert again.delivery_count == 2
+    assert ack_wait <= waited < ack_wait + 5, waited
 
 
 # --- bad input ----------------------------------------------------------------------

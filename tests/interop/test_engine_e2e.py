@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import re
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -20,8 +21,17 @@ import nats
 import pytest
 import pytest_asyncio
 import yaml
-from engine_harness import APPS, REPO, EngineServer, free_port, processes_in, wait_for
+from engine_harness import (
+    APPS,
+    REPO,
+    EngineServer,
+    free_port,
+    processes_in,
+    run_wfctl,
+    wait_for,
+)
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, DeliverPolicy, RetentionPolicy, StorageType
 
 from workflow_eventbus.devservers.nats_server import EmbeddedNats
 
@@ -283,3 +293,186 @@ async def test_example_app_starts_and_stops_in_the_engine(
 
     assert await engine.stop() == 0
     assert processes_in(engine.plugin_dir) == []
+
+
+# --- config forms through the engine ----------------------------------------------
+
+# Module and step configs written with the short enum names and Go duration text
+# the README documents. The take pipeline pulls one message and naks it with a
+# delay; the broker's own state shows what the engine made of each setting.
+FORMS_APP = """\
+name: eventbus-config-forms
+
+modules:
+  - name: web
+    type: http.server
+    config:
+      address: "${EVENTBUS_HTTP_ADDR}"
+  - name: router
+    type: http.router
+    dependsOn: [web]
+  - name: bus
+    type: eventbus.broker
+    config:
+      provider: nats
+      deploy_target: self_hosted
+      dsn: "${EVENTBUS_NATS_URL}"
+      connect_timeout: 1m30s
+  - name: jobs-stream
+    type: eventbus.stream
+    dependsOn: [bus]
+    config:
+      name: JOBS
+      subjects: ["jobs.>"]
+      retention_policy: limits
+      storage: file
+      max_age: 24h
+      duplicate_window: 2m
+  - name: worker
+    type: eventbus.consumer
+    dependsOn: [jobs-stream]
+    config:
+      name: worker
+      stream_name: JOBS
+      deliver_policy: all
+      ack_policy: explicit
+      ack_wait: 1m30s
+      max_deliver: 5
+
+workflows:
+  http:
+    server: web
+    router: router
+
+pipelines:
+  take:
+    trigger:
+      type: http
+      config:
+        path: /take
+        method: POST
+    steps:
+      - name: consume
+        type: step.eventbus.consume
+        config:
+          consumer: worker
+          batch_size: 1
+          max_wait: 1500ms
+      - name: nak
+        type: step.eventbus.ack
+        config:
+          ack_token: '{{ (index .steps.consume.messages 0).ack_token }}'
+          action: nak
+          delay: 1500ms
+      - name: respond
+        type: step.json_response
+        config:
+          status: 202
+          body:
+            settled: "{{ .steps.nak.count }}"
+"""
+
+
+async def test_documented_enum_and_duration_forms_work_through_the_engine(
+    make_engine: MakeEngine,
+    engine_bin: Path,
+    plugins_dir: Path,
+    bus_url: str,
+    js: JetStreamContext,
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "forms.yaml"
+    config.write_text(FORMS_APP)
+    validated = run_wfctl(engine_bin, "validate", "--plugin-dir", str(plugins_dir), str(config))
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+    port = free_port()
+    engine = make_engine(
+        config, {"EVENTBUS_NATS_URL": bus_url, "EVENTBUS_HTTP_ADDR": f"127.0.0.1:{port}"}
+    )
+    engine.start()
+    await engine.wait_plugin_loaded()
+    await engine.wait_started()
+    await engine.wait_listening(port)
+
+    # What the broker was told: every short form arrived as the value it names.
+    stream = (await js.stream_info("JOBS")).config
+    assert stream.retention == RetentionPolicy.LIMITS
+    assert stream.storage == StorageType.FILE
+    assert (stream.max_age, stream.duplicate_window) == (86_400, 120)
+    consumer = (await js.consumer_info("JOBS", "worker")).config
+    assert consumer.ack_policy == AckPolicy.EXPLICIT
+    assert consumer.deliver_policy == DeliverPolicy.ALL
+    assert (consumer.ack_wait, consumer.max_deliver) == (90, 5)
+
+    # The ack step's `action: nak` with `delay: 1500ms`: the message is still
+    # leased after the pipeline (an ack or term would have removed it) and comes
+    # back after the delay, not at once (a bare nak) and not after the 90 s
+    # ack wait (no settle at all, or in_progress).
+    await js.publish("jobs.one", b"job-1")
+    reply = await asyncio.to_thread(_post, f"http://127.0.0.1:{port}/take", b"")
+    answered = time.monotonic()
+    assert reply == {"settled": "1"}, reply  # one token settled
+    info = await js.consumer_info("JOBS", "worker")
+    assert (info.num_ack_pending, info.num_pending) == (1, 0)
+    sub = await js.pull_subscribe_bind(durable="worker", stream="JOBS")
+    try:
+        (again,) = await sub.fetch(1, timeout=20)
+    finally:
+        await sub.unsubscribe()
+    waited = time.monotonic() - answered
+    assert again.data == b"job-1"
+    assert again.metadata.num_delivered == 2
+    assert 1.0 <= waited < 20, waited
+    await again.ack()
+
+    assert await engine.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (  # a short form that names no value: the choices are listed
+            "ack_policy: explicit\n",
+            "ack_policy: explicitly\n",
+            ["ack_policy", "explicitly", "explicit, none, all"],
+        ),
+        (  # a key of no field: named, with the valid keys
+            "deliver_policy: all\n",
+            "deliver_polcy: all\n",
+            ["deliver_polcy", "unknown key for ConsumerConfig", "deliver_policy"],
+        ),
+        (  # step config: an action that does not exist
+            "action: nak\n",
+            "action: nack\n",
+            ["action", "nack", "ack, nak, term, in_progress"],
+        ),
+    ],
+    ids=["bad-enum", "unknown-key", "bad-step-enum"],
+)
+async def test_engine_refuses_bad_config_forms_naming_the_setting(
+    make_engine: MakeEngine,
+    bus_url: str,
+    tmp_path: Path,
+    old: str,
+    new: str,
+    expected: list[str],
+) -> None:
+    assert old in FORMS_APP
+    config = tmp_path / "bad-forms.yaml"
+    config.write_text(FORMS_APP.replace(old, new))
+    engine = make_engine(
+        config,
+        {"EVENTBUS_NATS_URL": bus_url, "EVENTBUS_HTTP_ADDR": f"127.0.0.1:{free_port()}"},
+    )
+    engine.start()
+    assert engine.proc is not None
+    code = await asyncio.to_thread(engine.proc.wait, 60)
+    assert code != 0
+    log = engine.log()
+    for text in expected:
+        assert text in log, (text, engine.log_tail())
+    await wait_for(
+        lambda: processes_in(engine.plugin_dir) == [],
+        timeout=15,
+        what="the plugin to exit after the engine failed to start",
+    )

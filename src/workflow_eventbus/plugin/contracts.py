@@ -115,11 +115,46 @@ TRIGGER_OUTPUT = pb.Message
 STRICT = ppb.CONTRACT_MODE_STRICT_PROTO
 
 
+STRUCT_CONFIG = str(struct_pb2.Struct.DESCRIPTOR.full_name)
+
+
+def engine_config_message(cls: type[Any]) -> str:
+    """The config message the engine is told to build from a module/step YAML config.
+
+    The engine turns the YAML into the contract's config message with protobuf
+    JSON, which takes only full enum names (``ACK_POLICY_EXPLICIT``) and
+    ``"<seconds>s"`` durations. For a config with an enum or a duration anywhere
+    in it the contract names ``google.protobuf.Struct`` instead: the engine packs
+    the YAML mapping as it is (minus its ``_`` keys) and the plugin decodes it
+    into ``cls`` with the strict decoder (unknown keys and bad values are errors
+    that name them), which takes every documented form. A config without such
+    fields keeps its own message, so the engine checks it before the RPC."""
+    return STRUCT_CONFIG if _has_enum_or_duration(cls.DESCRIPTOR) else _full(cls)
+
+
+def _has_enum_or_duration(desc: Descriptor, seen: frozenset[str] = frozenset()) -> bool:
+    for field in desc.fields:
+        if field.enum_type is not None:
+            return True
+        message = field.message_type
+        if message is None or message.full_name in seen:
+            continue
+        if message.full_name == "google.protobuf.Duration":
+            return True
+        if _has_enum_or_duration(message, seen | {desc.full_name}):
+            return True
+    return False
+
+
 def contract_descriptors() -> list[ppb.ContractDescriptor]:
-    """Every advertised type with its messages, all STRICT_PROTO."""
+    """Every advertised type with its messages, all STRICT_PROTO (module and step
+    configs as ``engine_config_message`` says)."""
     out = [
         ppb.ContractDescriptor(
-            kind=ppb.CONTRACT_KIND_MODULE, module_type=t, config_message=_full(cls), mode=STRICT
+            kind=ppb.CONTRACT_KIND_MODULE,
+            module_type=t,
+            config_message=engine_config_message(cls),
+            mode=STRICT,
         )
         for t, cls in MODULE_CONFIGS.items()
     ]
@@ -127,7 +162,7 @@ def contract_descriptors() -> list[ppb.ContractDescriptor]:
         ppb.ContractDescriptor(
             kind=ppb.CONTRACT_KIND_STEP,
             step_type=c.step_type,
-            config_message=_full(c.config),
+            config_message=engine_config_message(c.config),
             input_message=_full(c.input),
             output_message=_full(c.output),
             mode=STRICT,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
 import grpc
-from google.protobuf import any_pb2, empty_pb2, json_format
+from google.protobuf import any_pb2, empty_pb2, json_format, struct_pb2
 from google.protobuf.message import DecodeError, Message
 
 from .._proto import eventbus_pb2 as pb
@@ -47,6 +47,7 @@ log = logging.getLogger("workflow_eventbus.plugin")
 M = TypeVar("M", bound=Message)
 Ctx = grpc.aio.ServicerContext[Any, Any]
 EMPTY_NAME = empty_pb2.Empty.DESCRIPTOR.full_name
+STRUCT_NAME = struct_pb2.Struct.DESCRIPTOR.full_name
 
 
 class Lifecycle(Protocol):
@@ -212,12 +213,12 @@ class PluginService(pgrpc.PluginServiceServicer):
         where = f'{module_type} "{request.name}"'
         config: Any
         if request.HasField("typed_config") and request.typed_config.type_url:
-            config = unpack(request.typed_config, cls, "typed config")
+            config = _typed_config(request.typed_config, cls)
         else:
             config = request.config if request.HasField("config") else {}
         obj: Any
         if module_type == SUBSCRIBE:
-            cfg = config if isinstance(config, Message) else decode(cls, config, setting=where)
+            cfg = config if isinstance(config, cls) else decode(cls, config, setting=where)
             obj = InertSubscribeModule(request.name, cast(pb.ConsumerConfig, cfg))
         else:
             obj = self.bus.create_module(module_type, request.name, config)
@@ -393,12 +394,21 @@ def _has_config(request: ppb.ExecuteStepRequest) -> bool:
     return request.HasField("config") and len(request.config.fields) > 0
 
 
+def _typed_config(value: any_pb2.Any, cls: type[M]) -> M | struct_pb2.Struct:
+    """A typed config: ``cls`` itself, or the Struct our contracts name for configs
+    with enums or durations (contracts.engine_config_message), decoded later."""
+    if value.type_url.endswith("/" + STRUCT_NAME):
+        return unpack(value, struct_pb2.Struct, "typed config")
+    return unpack(value, cls, "typed config")
+
+
 def _step_config(request: ppb.CreateStepRequest | ppb.ExecuteStepRequest, cls: type[M]) -> Any:
-    """The typed config (our step config message, or Empty meaning none), else the Struct."""
+    """The typed config (our step config message, a Struct, or Empty meaning none),
+    else the Struct ``config``."""
     if request.HasField("typed_config") and request.typed_config.type_url:
         if request.typed_config.type_url.endswith("/" + EMPTY_NAME):
             return None  # the Go plugin's registry declared no config: same as none
-        return unpack(request.typed_config, cls, "typed config")
+        return _typed_config(request.typed_config, cls)
     if request.HasField("config"):
         return request.config
     return None
