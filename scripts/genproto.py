@@ -3,11 +3,15 @@
 Runs grpc_tools' bundled protoc (plus mypy-protobuf for typed stubs) and then
 rewrites the sibling imports protoc emits (``import eventbus_pb2``) into
 package-relative ones, so the generated code lives in one package and needs no
-sys.path tricks. Output is deterministic: running it twice gives the same bytes.
+sys.path tricks. It also writes ``eventbus_comments.json``: the comment above each
+field of proto/eventbus.proto (``"ClusterConfig.dsn": "..."``), which become the
+field descriptions of the schemas the plugin advertises (protoc's Python output
+drops comments). Output is deterministic: running it twice gives the same bytes.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
@@ -55,6 +59,8 @@ def generate(out_dir: Path) -> None:
             f"--plugin=protoc-gen-mypy_grpc={_bin('protoc-gen-mypy_grpc')}",
             f"--mypy_out={tmp}",
             f"--mypy_grpc_out={tmp}",
+            f"--descriptor_set_out={tmp}/descriptors.bin",
+            "--include_source_info",
             *protos,
         ]
         if protoc.main(args) != 0:
@@ -73,6 +79,30 @@ def generate(out_dir: Path) -> None:
         for path in generated:
             text = _fix_imports(path.read_text(), local)
             (out_dir / path.name).write_text(HEADER + text)
+        comments = field_comments((Path(tmp) / "descriptors.bin").read_bytes(), "eventbus.proto")
+        (out_dir / COMMENTS).write_text(json.dumps(comments, indent=1, sort_keys=True) + "\n")
+
+
+COMMENTS = "eventbus_comments.json"
+_MESSAGE, _FIELD = 4, 2  # FileDescriptorProto.message_type, DescriptorProto.field
+
+
+def field_comments(descriptor_set: bytes, file_name: str) -> dict[str, str]:
+    """``"Message.field"`` -> the comment above (else beside) that field, one line."""
+    from google.protobuf import descriptor_pb2
+
+    fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set)
+    proto = next(f for f in fds.file if f.name == file_name)
+    out: dict[str, str] = {}
+    for loc in proto.source_code_info.location:
+        path = list(loc.path)
+        if len(path) != 4 or path[0] != _MESSAGE or path[2] != _FIELD:
+            continue  # only top-level messages' fields
+        message = proto.message_type[path[1]]
+        text = " ".join((loc.leading_comments or loc.trailing_comments).split())
+        if text:
+            out[f"{message.name}.{message.field[path[3]].name}"] = text
+    return out
 
 
 def main() -> None:

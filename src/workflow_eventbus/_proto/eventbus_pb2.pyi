@@ -196,21 +196,38 @@ class ClusterConfig(_message.Message):
     SCHEMA_FIELD_NUMBER: _builtins.int
     AUTO_MIGRATE_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
+    """Broker runtime: nats (JetStream) or pgchannel (PostgreSQL); kafka and kinesis are IaC declarations only. Required."""
     deploy_target: _builtins.str
+    """Where the broker runs (nats: digitalocean.app_platform, aws.ecs, aws.eks, kubernetes, self_hosted). Required for nats, kafka and kinesis."""
     version: _builtins.str
+    """Server version of a declared broker (IaC). Default 2.10 for nats; "latest" is refused."""
     replicas: _builtins.int
+    """Server replicas of a declared broker (IaC); >= 0."""
     dsn: _builtins.str
+    """Broker URL: nats://host:4222 or postgresql://user@host/db. Default: EVENTBUS_<NAME>_URI, then NATS_URL (nats)."""
     poll_interval: _builtins.str
+    """pgchannel: how often it looks for new rows when no NOTIFY came. Default 1s; > 0."""
     broker_target: _builtins.str
+    """pgchannel: must be in_process (the broker is the plugin process)."""
     max_conns: _builtins.int
+    """pgchannel: connections in the pool. Default 16; >= 0 (0 means the default)."""
     user: _builtins.str
-    """Extensions (NATS auth and TLS, connection tuning, pgchannel schema)."""
+    """Extensions (NATS auth and TLS, connection tuning, pgchannel schema).
+
+    NATS user name (with password).
+    """
     password: _builtins.str
+    """NATS password; never logged."""
     token: _builtins.str
+    """NATS token; never logged."""
     nkey_seed_file: _builtins.str
+    """Path of an NKey seed file."""
     creds_file: _builtins.str
+    """Path of a NATS credentials (JWT) file."""
     schema: _builtins.str
+    """pgchannel: PostgreSQL schema of the bus tables. Default public; [a-z_][a-z0-9_]{0,62}."""
     auto_migrate: _builtins.bool
+    """pgchannel: apply schema migrations on Start. Default true."""
     @_builtins.property
     def jetstream(self) -> Global___JetStreamConfig: ...
     @_builtins.property
@@ -220,9 +237,13 @@ class ClusterConfig(_message.Message):
     @_builtins.property
     def limits(self) -> Global___ResourceLimits: ...
     @_builtins.property
-    def tls(self) -> Global___TlsConfig: ...
+    def tls(self) -> Global___TlsConfig:
+        """TLS for the broker connection."""
+
     @_builtins.property
-    def connect_timeout(self) -> _duration_pb2.Duration: ...
+    def connect_timeout(self) -> _duration_pb2.Duration:
+        """How long Start waits for the broker. Default 10s; > 0."""
+
     def __init__(
         self,
         *,
@@ -420,22 +441,39 @@ class StreamConfig(_message.Message):
     MAX_MSGS_FIELD_NUMBER: _builtins.int
     MAX_MSG_SIZE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Stream name. Required; letters, digits, '-' and '_'; at most 255 characters (pgchannel: [A-Za-z0-9_], at most 54)."""
     retention_policy: Global___RetentionPolicy.ValueType
     num_replicas: _builtins.int
+    """Copies of each message in a NATS cluster. Default 1; 1 to 5."""
     max_bytes: _builtins.int
+    """Size limit of the stream in bytes. Default -1 (unlimited); >= -1."""
     broker_ref: _builtins.str
+    """Name of the eventbus.broker module. Default: the only broker."""
     storage: Global___StorageType.ValueType
-    """Extensions."""
+    """Extensions.
+
+    Where the stream keeps messages. Default file.
+    """
     max_msgs: _builtins.int
+    """Message count limit. Default -1 (unlimited); >= -1."""
     max_msg_size: _builtins.int
+    """Largest payload accepted, in bytes. Default -1 (the server's limit); >= -1."""
     @_builtins.property
-    def subjects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def subjects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Subjects the stream stores; wildcards * (one token) and > (the rest) allowed. At least one."""
+
     @_builtins.property
-    def max_age(self) -> _duration_pb2.Duration: ...
+    def max_age(self) -> _duration_pb2.Duration:
+        """Messages older than this are removed. Default 0s (kept for ever)."""
+
     @_builtins.property
-    def ack_wait(self) -> _duration_pb2.Duration: ...
+    def ack_wait(self) -> _duration_pb2.Duration:
+        """Ack wait of consumers on this stream that set none. Default 30s."""
+
     @_builtins.property
-    def duplicate_window(self) -> _duration_pb2.Duration: ...
+    def duplicate_window(self) -> _duration_pb2.Duration:
+        """A msg_id seen again within this window is dropped. Default 120s, at most max_age."""
+
     def __init__(
         self,
         *,
@@ -483,28 +521,47 @@ class ConsumerConfig(_message.Message):
     DRAIN_TIMEOUT_FIELD_NUMBER: _builtins.int
     FETCH_BATCH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Durable consumer name. Required; letters, digits, '-' and '_'; at most 255 characters."""
     stream_name: _builtins.str
+    """Stream the consumer reads. Required."""
     filter_subject: _builtins.str
+    """Only deliver messages whose subject matches; several patterns separated by ','. Default: all."""
     deliver_policy: Global___DeliverPolicy.ValueType
+    """Where a new consumer starts. Default all."""
     ack_policy: Global___AckPolicy.ValueType
+    """How deliveries are acknowledged. Default explicit."""
     max_deliver: _builtins.int
+    """Deliveries before a message goes to the dead letters. Default 0 (unlimited); >= -1."""
     broker_ref: _builtins.str
+    """Name of the eventbus.broker module. Default: the only broker."""
     max_ack_pending: _builtins.int
+    """Delivered but unacked messages at most. Default 1000; >= 0."""
     dead_letter_subject: _builtins.str
+    """Where messages go after max_deliver failed deliveries. Default eventbus.deadletter.<stream>.<consumer>."""
     opt_start_seq: _builtins.int
+    """First stream sequence with deliver_policy by_start_sequence."""
     opt_start_time: _builtins.str
+    """First time (RFC 3339) with deliver_policy by_start_time."""
     max_in_flight: _builtins.int
+    """Messages a trigger handles at once. Default 1 (keeps stream order); >= 0."""
     fetch_batch: _builtins.int
+    """Messages a trigger fetches per request. Default 0 (as many as there are free handler slots); >= 0."""
     @_builtins.property
     def ack_wait(self) -> _duration_pb2.Duration:
         """Extensions. Number 7 is left alone on purpose (the Go contract neither
         uses nor reserves it).
+
+        Redeliver a message not acked within this. Default 30s, or the stream's ack_wait.
         """
 
     @_builtins.property
-    def backoff(self) -> _containers.RepeatedCompositeFieldContainer[_duration_pb2.Duration]: ...
+    def backoff(self) -> _containers.RepeatedCompositeFieldContainer[_duration_pb2.Duration]:
+        """Waits before redelivering a failed message, one per attempt. Default 1s, 5s, 30s; each > 0, fewer than max_deliver."""
+
     @_builtins.property
-    def drain_timeout(self) -> _duration_pb2.Duration: ...
+    def drain_timeout(self) -> _duration_pb2.Duration:
+        """How long a stopping trigger lets running pipelines finish. Default 30s."""
+
     def __init__(
         self,
         *,
