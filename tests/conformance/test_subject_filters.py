@@ -15,6 +15,7 @@ from workflow_eventbus._proto import eventbus_pb2 as pb
 from workflow_eventbus.core.validation import validate_consumer, validate_stream
 from workflow_eventbus.providers.base import OutboundMessage
 
+
 @pytest.mark.asyncio(loop_scope="session")
 @pytest.mark.parametrize(
     ("filter_subject", "wanted"),

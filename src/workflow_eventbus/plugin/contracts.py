@@ -9,38 +9,39 @@ these functions.
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 from google.protobuf import descriptor_pb2, empty_pb2, struct_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor
 
+from .. import _proto
 from .._proto import eventbus_pb2 as pb
 from .._proto import plugin_pb2 as ppb
 from .._version import __version__
+from ..core import capabilities
 from ..core.config import enum_short_name, format_duration
-from ..core.names import (
-    ACK_STEP,
-    BROKER,
-    CONSUME_STEP,
-    CONSUMER,
-    MODULE_ALIASES,
-    MODULE_TYPES,
-    PLUGIN_NAME,
-    PUBLISH_STEP,
-    STEP_TYPES,
-    STREAM,
-    SUBSCRIBE,
-    TRIGGER_TYPES,
-)
 from ..core.defaults import (
     DEFAULT_ACK_WAIT,
     DEFAULT_BACKOFF,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_MAX_IN_FLIGHT,
+)
+from ..core.names import (
+    BROKER,
+    CONSUMER,
+    MODULE_ALIASES,
+    MODULE_TYPES,
+    PLUGIN_NAME,
+    STEP_TYPES,
+    STREAM,
+    SUBSCRIBE,
+    TRIGGER_TYPES,
 )
 from ..providers import offered
 
@@ -82,35 +83,6 @@ def manifest() -> ppb.Manifest:
 def _full(msg: type[Any]) -> str:
     return str(msg.DESCRIPTOR.full_name)
 
-
-@dataclass(frozen=True, slots=True)
-class StepContract:
-    step_type: str
-    config: type[Any]
-    input: type[Any]
-    output: type[Any]
-
-
-MODULE_CONFIGS: dict[str, type[Any]] = {
-    BROKER: pb.ClusterConfig,
-    STREAM: pb.StreamConfig,
-    CONSUMER: pb.ConsumerConfig,
-    SUBSCRIBE: pb.ConsumerConfig,
-}
-MODULE_CONFIGS.update({alias: MODULE_CONFIGS[target] for alias, target in MODULE_ALIASES.items()})
-
-STEP_CONTRACTS: dict[str, StepContract] = {
-    PUBLISH_STEP: StepContract(
-        PUBLISH_STEP, pb.PublishStepConfig, pb.PublishRequest, pb.PublishResponse
-    ),
-    CONSUME_STEP: StepContract(
-        CONSUME_STEP, pb.ConsumeStepConfig, pb.ConsumeRequest, pb.ConsumeResponse
-    ),
-    ACK_STEP: StepContract(ACK_STEP, pb.AckStepConfig, pb.AckRequest, pb.AckResponse),
-}
-
-TRIGGER_CONFIG = pb.ConsumerConfig
-TRIGGER_OUTPUT = pb.Message
 
 STRICT = ppb.CONTRACT_MODE_STRICT_PROTO
 
@@ -156,25 +128,26 @@ def contract_descriptors() -> list[ppb.ContractDescriptor]:
             config_message=engine_config_message(cls),
             mode=STRICT,
         )
-        for t, cls in MODULE_CONFIGS.items()
+        for t, cls in ((t, c.config) for t, c in capabilities.MODULES.items())
     ]
+    trigger = capabilities.TRIGGERS[SUBSCRIBE]
     out += [
         ppb.ContractDescriptor(
             kind=ppb.CONTRACT_KIND_STEP,
-            step_type=c.step_type,
+            step_type=c.type_name,
             config_message=engine_config_message(c.config),
             input_message=_full(c.input),
             output_message=_full(c.output),
             mode=STRICT,
         )
-        for c in STEP_CONTRACTS.values()
+        for c in capabilities.STEPS.values()
     ]
     out.append(
         ppb.ContractDescriptor(
             kind=ppb.CONTRACT_KIND_TRIGGER,
-            trigger_type=SUBSCRIBE,
-            config_message=_full(TRIGGER_CONFIG),
-            output_message=_full(TRIGGER_OUTPUT),
+            trigger_type=trigger.type_name,
+            config_message=_full(trigger.config),
+            output_message=_full(trigger.output),
             mode=STRICT,
         )
     )
@@ -248,20 +221,6 @@ _DEFAULTS: dict[str, dict[str, str]] = {
         "backoff": ", ".join(format_duration(s) for s in DEFAULT_BACKOFF),
     },
 }
-_DESCRIPTIONS = {
-    "provider": "broker runtime: nats (JetStream) or pgchannel (PostgreSQL)",
-    "dsn": "broker URL: nats://host:4222 or postgres://user@host/db",
-    "deploy_target": "where the broker runs (nats: self_hosted, kubernetes, ...)",
-    "name": "stream name, or durable consumer name",
-    "subjects": "subjects the stream stores (wildcards * and > allowed)",
-    "stream_name": "stream the consumer reads",
-    "broker_ref": "name of the eventbus.broker module (empty: the only broker)",
-    "filter_subject": "only deliver messages whose subject matches",
-    "max_deliver": "deliveries before a message goes to the dead-letter subject (0: unlimited)",
-    "max_in_flight": "messages handled concurrently by a trigger (1 keeps stream order)",
-    "dead_letter_subject": "where messages go after max_deliver failed deliveries",
-    "backoff": "waits before redelivering a failed message, one per attempt",
-}
 _DEFAULTS[SUBSCRIBE] = _DEFAULTS[CONSUMER]
 _REQUIRED: dict[str, tuple[str, ...]] = {
     BROKER: ("provider",),
@@ -314,9 +273,19 @@ def _config_fields(module_type: str, desc: Descriptor) -> list[ppb.ConfigFieldDe
     return fields
 
 
+@functools.cache
+def _field_comments() -> dict[str, str]:
+    """The proto's field comments (``"ClusterConfig.dsn": ...``), written by genproto."""
+    text = resources.files(_proto).joinpath("eventbus_comments.json").read_text("utf-8")
+    comments: dict[str, str] = json.loads(text)
+    return comments
+
+
 def _describe(field: FieldDescriptor) -> str:
-    if field.name in _DESCRIPTIONS:
-        return _DESCRIPTIONS[field.name]
+    owner = field.containing_type
+    comment = _field_comments().get(f"{owner.name}.{field.name}") if owner else None
+    if comment:
+        return comment
     words = field.name.replace("_", " ")
     message = field.message_type
     if message is not None and not message.GetOptions().map_entry:
@@ -328,17 +297,17 @@ def _describe(field: FieldDescriptor) -> str:
 
 def module_schemas() -> ppb.ModuleSchemaList:
     schemas = []
-    for module_type, cls in MODULE_CONFIGS.items():
-        label, description = _LABELS[MODULE_ALIASES.get(module_type, module_type)]
+    for module_type, capability in capabilities.MODULES.items():
+        canonical = capability.alias_of or module_type
+        label, description = _LABELS[canonical]
+        desc: Descriptor = capability.config.DESCRIPTOR  # type: ignore[assignment]
         schemas.append(
             ppb.ModuleSchema(
                 type=module_type,
                 label=label,
                 category="messaging",
                 description=description,
-                config_fields=_config_fields(
-                    MODULE_ALIASES.get(module_type, module_type), cls.DESCRIPTOR
-                ),
+                config_fields=_config_fields(canonical, desc),
             )
         )
     return ppb.ModuleSchemaList(schemas=schemas)

@@ -31,6 +31,7 @@ from google.protobuf.message import DecodeError, Message
 from .._proto import eventbus_pb2 as pb
 from .._proto import plugin_pb2 as ppb
 from .._proto import plugin_pb2_grpc as pgrpc
+from ..core import capabilities
 from ..core.config import decode
 from ..core.errors import ConfigError, EventbusError, NotFoundError, RequestError
 from ..core.names import STEP_TYPES, SUBSCRIBE, TRIGGER_TYPES, canonical_module_type
@@ -204,7 +205,8 @@ class PluginService(pgrpc.PluginServiceServicer):
 
     def _create_module(self, request: ppb.CreateModuleRequest) -> str:
         module_type = canonical_module_type(request.type)
-        cls = contracts.MODULE_CONFIGS.get(module_type)
+        capability = capabilities.MODULES.get(module_type)
+        cls = capability.config if capability is not None else None
         if cls is None:
             valid = ", ".join(contracts.RUNTIME_MODULE_TYPES)
             raise NotFoundError(
@@ -301,7 +303,7 @@ class PluginService(pgrpc.PluginServiceServicer):
     def _build_step(
         self, step_type: str, name: str, request: ppb.CreateStepRequest | ppb.ExecuteStepRequest
     ) -> Any:
-        contract = contracts.STEP_CONTRACTS.get(step_type)
+        contract = capabilities.STEPS.get(step_type)
         if contract is None:
             raise NotFoundError(
                 f'unknown step type "{step_type}"; this plugin provides {", ".join(STEP_TYPES)}'
@@ -314,7 +316,7 @@ class PluginService(pgrpc.PluginServiceServicer):
         entry = self._steps.get(request.handle_id)
         if entry is None:
             return ppb.ExecuteStepResponse(error=f"unknown step handle: {request.handle_id}")
-        contract = contracts.STEP_CONTRACTS[entry.type]
+        contract = capabilities.STEPS[entry.type]
         response = ppb.ExecuteStepResponse()
         try:
             output = await self._execute(entry, contract, request)
@@ -327,7 +329,7 @@ class PluginService(pgrpc.PluginServiceServicer):
     async def _execute(
         self,
         entry: _StepHandle,
-        contract: contracts.StepContract,
+        contract: capabilities.StepCapability,
         request: ppb.ExecuteStepRequest,
     ) -> Message:
         override = None
