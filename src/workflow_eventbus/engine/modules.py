@@ -14,7 +14,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Protocol
 
 from google.protobuf.message import Message
 
@@ -28,17 +29,30 @@ from ..core.validation import validate_consumer, validate_stream
 from ..providers import REGISTRY, broker_url, url_sources, validate_cluster
 from ..providers.base import Provider
 
-if TYPE_CHECKING:
-    from .bus import EventBus
-
 log = logging.getLogger("workflow_eventbus.engine.modules")
+
+
+class ModuleHost(Protocol):
+    """What a module needs of the registry that owns it (the EventBus implements it);
+    a protocol, so this file does not import the bus that imports it."""
+
+    environ: Mapping[str, str]
+    test_doubles: bool
+    make_provider: Callable[[pb.ClusterConfig, str, str], Provider]
+    brokers: dict[str, BrokerModule]
+    streams: dict[str, StreamModule]
+    consumers: dict[str, ConsumerModule]
+
+    def stream_named(self, name: str) -> StreamModule | None: ...
+
+    async def started_provider(self, ref: str, *, who: str) -> Provider: ...
 
 
 class Module(abc.ABC):
     type_name: ClassVar[str]
     config: Message
 
-    def __init__(self, bus: EventBus, name: str) -> None:
+    def __init__(self, bus: ModuleHost, name: str) -> None:
         self.bus = bus
         self.name = name
         self.initialized = False
@@ -95,7 +109,7 @@ class BrokerModule(Module):
     type_name = BROKER
     config: pb.ClusterConfig
 
-    def __init__(self, bus: EventBus, name: str, config: pb.ClusterConfig) -> None:
+    def __init__(self, bus: ModuleHost, name: str, config: pb.ClusterConfig) -> None:
         super().__init__(bus, name)
         validate_cluster(name, config, test_doubles=bus.test_doubles)
         self.config = config
@@ -152,7 +166,7 @@ class StreamModule(Module):
     type_name = STREAM
     config: pb.StreamConfig
 
-    def __init__(self, bus: EventBus, name: str, config: pb.StreamConfig) -> None:
+    def __init__(self, bus: ModuleHost, name: str, config: pb.StreamConfig) -> None:
         super().__init__(bus, name)
         validate_stream(name, config)
         self.config = config
@@ -169,7 +183,7 @@ class ConsumerModule(Module):
     type_name = CONSUMER
     config: pb.ConsumerConfig
 
-    def __init__(self, bus: EventBus, name: str, config: pb.ConsumerConfig) -> None:
+    def __init__(self, bus: ModuleHost, name: str, config: pb.ConsumerConfig) -> None:
         super().__init__(bus, name)
         validate_consumer(name, config)
         self.config = config
