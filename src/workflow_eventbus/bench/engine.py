@@ -30,7 +30,6 @@ class TriggerSink:
         self.clock: Callable[[], float] = time.perf_counter  # uvloop's loop.time() has 1 ms steps
         self._threshold = 0
         self._reached = asyncio.Event()
-        self.keep_times = True
 
     def arm(self, expected: int) -> None:
         self.expected = expected

@@ -15,8 +15,6 @@ from .core import PAYLOAD, Sample, timed
 from .env import PUB_STREAM, PUB_SUBJECT, STEP_FETCH, TRIGGER_1, TRIGGER_16, BenchEnv
 from .nats_paths import BATCH
 
-DRAIN_WAIT = 30.0
-
 
 class PluginPaths:
     def __init__(self, env: BenchEnv) -> None:

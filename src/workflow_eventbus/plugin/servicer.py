@@ -22,7 +22,7 @@ import os
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf import any_pb2, empty_pb2, json_format, struct_pb2
@@ -49,12 +49,6 @@ M = TypeVar("M", bound=Message)
 Ctx = grpc.aio.ServicerContext[Any, Any]
 EMPTY_NAME = empty_pb2.Empty.DESCRIPTOR.full_name
 STRUCT_NAME = struct_pb2.Struct.DESCRIPTOR.full_name
-
-
-class Lifecycle(Protocol):
-    async def init(self) -> None: ...
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
 
 
 @dataclass(slots=True)
