@@ -1,7 +1,8 @@
 """The pgchannel provider: streams and durable consumers in PostgreSQL tables.
 
 Connections come from one ``AsyncConnectionPool`` of ``max_conns`` (default
-16); every checkout is health-checked, so after a server restart dead
+16), held with the rest of the connection state by one :class:`Connections`;
+every checkout is health-checked, so after a server restart dead
 connections are replaced and work resumes. While the server is unreachable
 operations raise :class:`BrokerUnavailableError`. Polling (``poll_interval``,
 default 1 s) is the correctness path; NOTIFY only wakes waiting fetches early.
@@ -19,7 +20,6 @@ from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..._proto import eventbus_pb2 as pb
 from ...core.config import duration_seconds, parse_duration
@@ -31,7 +31,6 @@ from ...core.errors import (
     PayloadTooLargeError,
     ProviderError,
     RequestError,
-    redact,
 )
 from ...core.headers import MSG_ID_HEADER
 from ...core.names import BROKER, STREAM
@@ -49,7 +48,7 @@ from . import mapping as m
 from . import queries as q
 from .checkout import Checkout
 from .claim import claim
-from .health import RecentUseCheck
+from .connections import Connections
 from .listener import Notifier, channel_name
 from .locks import publish_lock_key
 from .migrations import applied_versions, latest_version, migrate_up
@@ -89,14 +88,15 @@ class PgChannelProvider(Provider):
         timeout = duration_seconds(cluster.connect_timeout)
         self.op_timeout = timeout if timeout > 0 else DEFAULT_OP_TIMEOUT
         self.sql = q.Queries(self.schema)
-        self._pool: AsyncConnectionPool[Any] | None = None
-        self._check = RecentUseCheck()
-        self._idle: psycopg.AsyncConnection[Any] | None = None  # see Checkout
-        self._idle_at = 0.0  # when _idle was last used
-        self._idle_cur: psycopg.AsyncCursor[Any] | None = None  # a cursor of _idle
+        self._db = Connections(
+            self.url,
+            where=self._where,
+            max_size=self.max_conns,
+            op_timeout=self.op_timeout,
+            name=f"eventbus-{broker_name}",
+        )
         self._notifier: Notifier | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._healthy = False
         self._streams: dict[str, _StreamInfo] = {}
         self._streams_loaded = 0.0
         self._routes: dict[str, _StreamInfo] = {}  # valid subject -> its stream, see _stream_for
@@ -110,7 +110,7 @@ class PgChannelProvider(Provider):
     # ---- lifecycle ----
 
     async def connect(self, timeout: float) -> None:
-        if self._pool is not None:
+        if self._db.pool is not None:
             return
         if not self.url:
             raise ConfigError(
@@ -119,22 +119,7 @@ class PgChannelProvider(Provider):
                 fix="set dsn: postgresql://user@host:5432/dbname",
             )
         await self._prepare_schema(timeout)
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            self.url,
-            min_size=1,
-            max_size=self.max_conns,
-            open=False,
-            kwargs={"autocommit": True},
-            check=self._check,
-            timeout=self.op_timeout,
-            name=f"eventbus-{self.broker_name}",
-        )
-        try:
-            await pool.open(wait=True, timeout=max(timeout, 0.1))
-        except (PoolTimeout, psycopg.Error) as exc:
-            await pool.close()
-            raise self._unavailable("connect", exc) from exc
-        self._pool, self._healthy = pool, True
+        await self._db.open(timeout)
         self._notifier = Notifier(self.url, self.log, self.poll_interval)
         self._notifier.start()
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="pgchannel-retention")
@@ -147,17 +132,11 @@ class PgChannelProvider(Provider):
         notifier, self._notifier = self._notifier, None
         if notifier is not None:
             await notifier.stop()
-        pool, self._pool = self._pool, None
-        idle, self._idle, self._idle_cur = self._idle, None, None
-        if pool is not None:
-            if idle is not None:
-                await pool.putconn(idle)
-            await pool.close()
-        self._healthy = False
+        await self._db.close()
 
     @property
     def connected(self) -> bool:
-        return self._pool is not None and self._healthy
+        return self._db.connected
 
     async def _prepare_schema(self, timeout: float) -> None:
         try:
@@ -165,7 +144,7 @@ class PgChannelProvider(Provider):
                 self.url, autocommit=True, connect_timeout=max(int(timeout), 1)
             )
         except psycopg.Error as exc:
-            raise self._unavailable("connect", exc) from exc
+            raise self._db.unavailable("connect", exc) from exc
         async with conn:
             try:
                 if self.auto_migrate:
@@ -192,24 +171,9 @@ class PgChannelProvider(Provider):
                 "or set auto_migrate: true",
             )
 
-    def _unavailable(self, what: str, exc: BaseException) -> BrokerUnavailableError:
-        self._healthy = False
-        return BrokerUnavailableError(
-            f"{self._where}: pgchannel {what} failed: PostgreSQL at {redact(self.url)} is "
-            f"unreachable ({redact(str(exc)) or type(exc).__name__}); check dsn and that the "
-            "server is running"
-        )
-
     def _conn(self, what: str) -> Checkout:
         """``async with self._conn("publish") as conn``: a pooled connection, errors mapped."""
-        return Checkout(self, what)
-
-    def _checkout_failed(self, what: str, exc: BaseException) -> BaseException:
-        if isinstance(exc, (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError)):
-            return self._unavailable(what, exc)
-        if isinstance(exc, psycopg.Error):
-            return ProviderError(f"{self._where}: pgchannel {what} failed: {exc}")
-        return exc
+        return Checkout(self._db, what)
 
     async def _sweep_loop(self) -> None:
         while True:
