@@ -20,8 +20,8 @@ from workflow_eventbus.core.errors import (
     NotFoundError,
     RequestError,
 )
+from workflow_eventbus.core.headers import CORRELATION_HEADER
 from workflow_eventbus.providers.base import (
-    CORRELATION_HEADER,
     AckAction,
     Feature,
     OutboundMessage,

@@ -21,13 +21,9 @@ from workflow_eventbus.core.errors import (
     ConflictError,
     PayloadTooLargeError,
 )
+from workflow_eventbus.core.headers import CORRELATION_HEADER, LEGACY_CORRELATION_HEADER
 from workflow_eventbus.devservers.postgres import PgServer
-from workflow_eventbus.providers.base import (
-    CORRELATION_HEADER,
-    LEGACY_CORRELATION_HEADER,
-    AckAction,
-    OutboundMessage,
-)
+from workflow_eventbus.providers.base import AckAction, OutboundMessage
 from workflow_eventbus.providers.pgchannel import PgChannelProvider, consumer_lock_key
 from workflow_eventbus.providers.pgchannel import queries as q
 
