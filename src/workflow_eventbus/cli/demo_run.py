@@ -29,6 +29,7 @@ from ..devservers import DEV_SERVERS
 from ..devservers.host import PluginHost, TriggerCall
 from ..engine.bus import EventBus
 from ..providers import spec_for
+from ..providers.capabilities import require_pending
 
 STREAM = "DEMO_ORDERS"
 SUBJECT = "demo.orders.created"
@@ -163,7 +164,7 @@ async def count_pending(opts: DemoOptions, dsn: str) -> tuple[int, int]:
     await broker.init()
     await broker.start()
     try:
-        return await bus.provider("check").pending(STREAM, CONSUMER)
+        return await require_pending(bus.provider("check")).pending(STREAM, CONSUMER)
     finally:
         await broker.stop()
 

@@ -7,6 +7,11 @@ async, safe to call concurrently, and raise only :mod:`workflow_eventbus.core.er
 
 The subscribe loop is not a provider method: it is built once, generically, on
 ``fetch`` and ``settle`` (see :mod:`workflow_eventbus.engine.subscriber`).
+
+Abilities not every provider has are capabilities: a mixin the provider class
+inherits (:class:`HasDeadLetters`, :class:`HasPending`) plus the matching
+:class:`Feature` in its ``features``. Callers ask
+:func:`workflow_eventbus.providers.capabilities.capability` for one.
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import ClassVar
 
 from .._proto import eventbus_pb2 as pb
+from ..core.deadletter import DEAD_LETTER_STREAM, DeadLetter
 
 MAX_BATCH = 1000
+DEFAULT_DEAD_LETTER_LIMIT = 100  # letters one DeadLetterStore.list returns unless told
 
 
 class AckAction(enum.IntEnum):
@@ -42,6 +50,8 @@ class Feature(enum.Enum):
     DEDUP = "dedup"  # msg_id deduplication within a window
     NAK_DELAY = "nak_delay"
     PERSISTENT = "persistent"  # messages survive the provider process
+    DEAD_LETTERS = "dead_letters"  # HasDeadLetters: list and remove dead letters
+    PENDING = "pending"  # HasPending: undelivered / unacknowledged counts
 
 
 @dataclass(slots=True)
@@ -195,6 +205,60 @@ class Provider(abc.ABC):
         whose ``settle`` already waits need nothing here."""
         return None
 
+
+# ---- optional capabilities ----
+
+
+class DeadLetterStore(abc.ABC):
+    """Reads a dead-letter stream without consuming it; removes single entries."""
+
+    def __init__(self, dlq_stream: str = DEAD_LETTER_STREAM) -> None:
+        self.dlq_stream = dlq_stream
+
+    @abc.abstractmethod
+    async def list(
+        self, *, stream: str = "", consumer: str = "", limit: int = DEFAULT_DEAD_LETTER_LIMIT
+    ) -> list[DeadLetter]:
+        """Oldest first, at most ``limit``, filtered by the source stream/consumer."""
+
+    @abc.abstractmethod
+    async def remove(self, letter: DeadLetter) -> None:
+        """Delete the entry from the dead-letter stream (idempotent)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release what the store holds of its own; idempotent."""
+
+
+class ProviderCapability(abc.ABC):
+    """Base of the capability mixins; ``feature`` is what a class declaring it lists."""
+
+    feature: ClassVar[Feature]
+    summary: ClassVar[str]
+
+
+class HasDeadLetters(ProviderCapability):
+    """The provider can read and remove what the subscribe loop dead-lettered."""
+
+    feature = Feature.DEAD_LETTERS
+    summary = "listing and removing dead letters (dlq list / replay)"
+
+    @abc.abstractmethod
+    async def dead_letters(self, dlq_stream: str = DEAD_LETTER_STREAM) -> DeadLetterStore:
+        """A store over ``dlq_stream`` on this provider's broker; close it after use."""
+
+
+class HasPending(ProviderCapability):
+    """The provider can count what a durable consumer still has to do."""
+
+    feature = Feature.PENDING
+    summary = "counting pending messages of a consumer"
+
+    @abc.abstractmethod
     async def pending(self, stream: str, consumer: str) -> tuple[int, int]:
-        """(messages not yet delivered, delivered but unacknowledged) for diagnostics."""
-        raise NotImplementedError(f"{self.name}: pending() is not supported")
+        """(messages not yet delivered, delivered but unacknowledged) of the consumer.
+
+        Raises NotFoundError when the stream or consumer does not exist."""
+
+
+CAPABILITIES: tuple[type[ProviderCapability], ...] = (HasDeadLetters, HasPending)

@@ -12,20 +12,25 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
 from .._proto import eventbus_pb2 as pb
 from ..core.config import duration_seconds
+from ..core.deadletter import DEAD_LETTER_STREAM, DeadLetter
 from ..core.errors import BrokerUnavailableError, ConflictError, NotFoundError, RequestError
 from ..core.headers import CORRELATION_HEADER
 from ..core.subjects import filter_matches, subject_matches
 from .base import (
+    DEFAULT_DEAD_LETTER_LIMIT,
     AckAction,
+    DeadLetterStore,
     Delivery,
     Feature,
+    HasDeadLetters,
+    HasPending,
     OutboundMessage,
     Provider,
     PublishResult,
@@ -90,9 +95,9 @@ class MemoryBroker:
         cls._registry.clear()
 
 
-class MemoryProvider(Provider):
+class MemoryProvider(Provider, HasPending, HasDeadLetters):
     name = "memory"
-    features = frozenset({Feature.DEDUP, Feature.NAK_DELAY})
+    features = frozenset({Feature.DEDUP, Feature.NAK_DELAY, Feature.DEAD_LETTERS, Feature.PENDING})
 
     def __init__(self, cluster: pb.ClusterConfig, url: str, *, broker_name: str) -> None:
         super().__init__(cluster, url or "memory://default", broker_name=broker_name)
@@ -252,6 +257,11 @@ class MemoryProvider(Provider):
         )
         return waiting, len(state.leases)
 
+    async def dead_letters(self, dlq_stream: str = DEAD_LETTER_STREAM) -> MemoryDeadLetters:
+        """A store over ``dlq_stream`` of the shared in-memory broker."""
+        self.broker  # noqa: B018 - raises when not connected
+        return MemoryDeadLetters(lambda: self.broker, dlq_stream)
+
     def _parse_token(self, token: str) -> tuple[_Consumer, int, int]:
         parts = token.split(":")
         if len(parts) != 4 or not parts[2].isdigit() or not parts[3].isdigit():
@@ -288,6 +298,40 @@ class MemoryProvider(Provider):
                 "declare it with an eventbus.consumer module"
             )
         return state
+
+
+class MemoryDeadLetters(DeadLetterStore):
+    """The messages of the dead-letter stream in the shared broker, oldest first."""
+
+    def __init__(self, broker: Callable[[], MemoryBroker], dlq_stream: str) -> None:
+        super().__init__(dlq_stream)
+        self._broker = broker
+
+    async def list(
+        self, *, stream: str = "", consumer: str = "", limit: int = DEFAULT_DEAD_LETTER_LIMIT
+    ) -> list[DeadLetter]:
+        found = self._broker().streams.get(self.dlq_stream)
+        if found is None:
+            return []  # nothing was dead-lettered yet
+        out: list[DeadLetter] = []
+        for seq, m in sorted(found.messages.items()):
+            if len(out) >= limit:
+                break
+            letter = DeadLetter.parse(self.dlq_stream, seq, m.subject, m.headers, m.payload)
+            if letter.matches(stream, consumer):
+                out.append(letter)
+        return out
+
+    async def remove(self, letter: DeadLetter) -> None:
+        broker = self._broker()
+        found = broker.streams.get(letter.dlq_stream)
+        if found is not None and found.messages.pop(letter.dlq_sequence, None) is not None:
+            for (name, _), state in broker.consumers.items():
+                if name == letter.dlq_stream:  # a lease on a removed message: drop it
+                    state.leases.pop(letter.dlq_sequence, None)
+
+    async def close(self) -> None:
+        return None
 
 
 # Settings a durable consumer cannot change once it exists (as on JetStream).

@@ -22,6 +22,7 @@ from . import mapping
 STREAM_NOT_FOUND = 10059
 CONSUMER_NOT_FOUND = 10014
 MESSAGE_TOO_LARGE = 10054
+SEQUENCE_NOT_FOUND = 10057  # no message at that stream sequence (e.g. deleted already)
 
 _DOWN = (
     nats.errors.ConnectionClosedError,

@@ -16,6 +16,7 @@ from nats.js import JetStreamContext, JetStreamManager
 
 from ..._proto import eventbus_pb2 as pb
 from ...core.config import duration_seconds
+from ...core.deadletter import DEAD_LETTER_STREAM
 from ...core.errors import (
     BrokerUnavailableError,
     ConflictError,
@@ -29,6 +30,8 @@ from ..base import (
     AckAction,
     Delivery,
     Feature,
+    HasDeadLetters,
+    HasPending,
     OutboundMessage,
     Provider,
     PublishResult,
@@ -36,6 +39,7 @@ from ..base import (
 )
 from . import mapping
 from .acks import AckConfirmer
+from .dead_letters import NatsDeadLetters
 from .errors import (
     CONSUMER_NOT_FOUND,
     STREAM_NOT_FOUND,
@@ -66,9 +70,18 @@ class _Pull:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-class NatsProvider(Provider):
+class NatsProvider(Provider, HasPending, HasDeadLetters):
     name = "nats"
-    features = frozenset({Feature.RESTART, Feature.DEDUP, Feature.NAK_DELAY, Feature.PERSISTENT})
+    features = frozenset(
+        {
+            Feature.RESTART,
+            Feature.DEDUP,
+            Feature.NAK_DELAY,
+            Feature.PERSISTENT,
+            Feature.DEAD_LETTERS,
+            Feature.PENDING,
+        }
+    )
 
     def __init__(
         self,
@@ -519,6 +532,11 @@ class NatsProvider(Provider):
         except Exception as exc:
             raise self._fail(exc, action) from exc
         return info.num_pending or 0, info.num_ack_pending or 0
+
+    async def dead_letters(self, dlq_stream: str = DEAD_LETTER_STREAM) -> NatsDeadLetters:
+        """A store over ``dlq_stream`` on this provider's connection (see dead_letters.py)."""
+        self._client(f'open dead letters of stream "{dlq_stream}"')
+        return NatsDeadLetters(lambda action: self._client(action)[2], self._fail, dlq_stream)
 
 
 # -- helpers -------------------------------------------------------------------

@@ -23,6 +23,7 @@ from psycopg.types.json import Jsonb
 
 from ..._proto import eventbus_pb2 as pb
 from ...core.config import duration_seconds, parse_duration
+from ...core.deadletter import DEAD_LETTER_STREAM
 from ...core.errors import (
     BrokerUnavailableError,
     ConfigError,
@@ -39,6 +40,8 @@ from ..base import (
     AckAction,
     Delivery,
     Feature,
+    HasDeadLetters,
+    HasPending,
     OutboundMessage,
     Provider,
     PublishResult,
@@ -49,6 +52,7 @@ from . import queries as q
 from .checkout import Checkout
 from .claim import claim
 from .connections import Connections
+from .dead_letters import PgDeadLetters
 from .listener import Notifier, channel_name
 from .locks import publish_lock_key
 from .migrations import applied_versions, latest_version, migrate_up
@@ -73,9 +77,18 @@ class _StreamInfo:
     channel: str
 
 
-class PgChannelProvider(Provider):
+class PgChannelProvider(Provider, HasPending, HasDeadLetters):
     name = "pgchannel"
-    features = frozenset({Feature.RESTART, Feature.DEDUP, Feature.NAK_DELAY, Feature.PERSISTENT})
+    features = frozenset(
+        {
+            Feature.RESTART,
+            Feature.DEDUP,
+            Feature.NAK_DELAY,
+            Feature.PERSISTENT,
+            Feature.DEAD_LETTERS,
+            Feature.PENDING,
+        }
+    )
     sweep_interval = 5.0
 
     def __init__(self, cluster: pb.ClusterConfig, url: str, *, broker_name: str) -> None:
@@ -527,6 +540,12 @@ class PgChannelProvider(Provider):
                 )
                 row = await cur.fetchone() or row
         return int(row[0]), int(row[1])
+
+    async def dead_letters(self, dlq_stream: str = DEAD_LETTER_STREAM) -> PgDeadLetters:
+        """A store over ``dlq_stream`` on this provider's pool (see dead_letters.py)."""
+        if self._db.pool is None:
+            raise self._db.not_connected()
+        return PgDeadLetters(self._db, self.sql, dlq_stream)
 
 
 def _published(stream: str, row: tuple[Any, ...] | None) -> PublishResult:

@@ -335,6 +335,19 @@ SELECT (SELECT count(*) FROM {events} e
   FROM {consumers} c WHERE c.stream_name = %(stream)s AND c.name = %(consumer)s
 """
 
+# ---- dead letters: rows of the dead-letter stream, read without a consumer ----
+
+# %(hs)s / %(hc)s name the headers carrying the source stream and consumer.
+DEAD_LETTERS = """
+SELECT id, subject, headers, payload FROM {events}
+ WHERE stream_name = %(dlq)s
+   AND (%(stream)s = '' OR headers->>%(hs)s = %(stream)s)
+   AND (%(consumer)s = '' OR headers->>%(hc)s = %(consumer)s)
+ ORDER BY id LIMIT %(limit)s
+"""
+
+REMOVE_DEAD_LETTER = "DELETE FROM {events} WHERE stream_name = %(dlq)s AND id = %(id)s"
+
 # ---- retention (run by one process at a time) ----
 
 LIMITED_STREAMS = """
