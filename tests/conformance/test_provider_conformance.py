@@ -1,7 +1,9 @@
 """Provider conformance: the same behaviour on NATS, pgchannel and the memory double.
 
 Every test runs once per provider kind. A provider skips only what its
-``features`` declare it lacks (for example ``RESTART`` on the memory double).
+``features`` declare it lacks (for example ``RESTART`` on the memory double);
+tests of an optional capability (dead letters, pending counts) are marked
+``needs(<feature>)`` and run on every provider that declares it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,19 @@ from harness import Harness, eventually, fetch_until
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
 from workflow_eventbus.core.config import to_duration
+from workflow_eventbus.core.deadletter import (
+    DEAD_LETTER_PREFIX,
+    DEAD_LETTER_STREAM,
+    DLQ_CONSUMER,
+    DLQ_DELIVERIES,
+    DLQ_ERROR,
+    DLQ_PUBLISHED_AT,
+    DLQ_SEQUENCE,
+    DLQ_STREAM,
+    DLQ_SUBJECT,
+    dead_letter_msg_id,
+    default_dead_letter_subject,
+)
 from workflow_eventbus.core.errors import (
     ConflictError,
     EventbusError,
@@ -23,10 +38,12 @@ from workflow_eventbus.core.errors import (
 from workflow_eventbus.core.headers import CORRELATION_HEADER
 from workflow_eventbus.providers.base import (
     AckAction,
+    Delivery,
     Feature,
     OutboundMessage,
     PublishResult,
 )
+from workflow_eventbus.providers.capabilities import require_dead_letters, require_pending
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -301,3 +318,123 @@ async def test_broker_restart_mid_run(restartable_bus: Harness) -> None:
     got = await fetch_until(bus.provider, stream, durable, 4, timeout=30.0, ack=True)
     payloads = sorted(d.payload for d in got)
     assert payloads == [b"after", b"before2", b"before3", b"before4"]
+
+
+# ---- optional capabilities: dead letters and pending counts ----
+
+
+def _dead_letter(
+    stream: str, consumer: str, seq: int, subject: str, payload: bytes
+) -> OutboundMessage:
+    """The copy the subscribe loop publishes for an exhausted message (same headers)."""
+    headers = {
+        DLQ_SUBJECT: subject,
+        DLQ_STREAM: stream,
+        DLQ_CONSUMER: consumer,
+        DLQ_SEQUENCE: str(seq),
+        DLQ_DELIVERIES: "3",
+        DLQ_ERROR: f"boom {seq}",
+        DLQ_PUBLISHED_AT: "2026-01-02T03:04:05Z",
+        "X-Trace": f"t{seq}",
+    }
+    return OutboundMessage(
+        default_dead_letter_subject(stream, consumer),
+        payload,
+        headers,
+        msg_id=dead_letter_msg_id(stream, consumer, seq),
+    )
+
+
+@pytest.mark.needs("dead_letters")
+async def test_dead_letters_are_listed_and_removed(bus: Harness) -> None:
+    await bus.provider.ensure_stream(
+        pb.StreamConfig(name=DEAD_LETTER_STREAM, subjects=[f"{DEAD_LETTER_PREFIX}.>"])
+    )
+    source, root = await bus.stream()  # a fresh name: other letters in the stream are not ours
+    for seq, consumer in ((1, "w1"), (2, "w2"), (3, "w1")):
+        await bus.provider.publish(
+            _dead_letter(source, consumer, seq, f"{root}.orders", f"p{seq}".encode())
+        )
+    store = await require_dead_letters(bus.provider).dead_letters()
+    try:
+        letters = await store.list(stream=source)
+        assert [(x.consumer, x.sequence, x.payload) for x in letters] == [
+            ("w1", 1, b"p1"),
+            ("w2", 2, b"p2"),
+            ("w1", 3, b"p3"),
+        ]
+        first = letters[0]
+        assert (first.dlq_stream, first.subject, first.stream) == (
+            DEAD_LETTER_STREAM,
+            f"{root}.orders",
+            source,
+        )
+        assert (first.delivery_count, first.error) == (3, "boom 1")
+        assert first.published_at == "2026-01-02T03:04:05Z"
+        assert first.headers == {"X-Trace": "t1"}  # the original ones, no dedup id
+        assert letters[0].dlq_sequence < letters[1].dlq_sequence < letters[2].dlq_sequence
+        assert [x.sequence for x in await store.list(stream=source, consumer="w1")] == [1, 3]
+        assert [x.sequence for x in await store.list(stream=source, limit=2)] == [1, 2]
+
+        await store.remove(first)
+        await store.remove(first)  # already gone: no error
+        assert [x.sequence for x in await store.list(stream=source)] == [2, 3]
+    finally:
+        await store.close()
+    # Another connection sees the broker's state, not the first store's.
+    other = await require_dead_letters(await bus.another()).dead_letters()
+    try:
+        assert [x.sequence for x in await other.list(stream=source)] == [2, 3]
+    finally:
+        await other.close()
+
+
+@pytest.mark.needs("dead_letters")
+async def test_dead_letters_of_a_consumers_own_stream(bus: Harness) -> None:
+    source, root = await bus.stream()
+    own, own_root = await bus.stream()  # captures the consumer's dead_letter_subject
+    letter = _dead_letter(source, "w", 7, f"{root}.a", b"x")
+    letter.subject = f"{own_root}.dead"
+    await bus.provider.publish(letter)
+    store = await require_dead_letters(bus.provider).dead_letters(own)
+    try:
+        (found,) = await store.list()
+        assert (found.dlq_stream, found.stream, found.consumer, found.sequence) == (
+            own,
+            source,
+            "w",
+            7,
+        )
+        assert await store.list(consumer="someone-else") == []
+        await store.remove(found)
+        assert await store.list() == []
+    finally:
+        await store.close()
+
+
+@pytest.mark.needs("pending")
+async def test_pending_counts_undelivered_and_unacknowledged(bus: Harness) -> None:
+    provider = require_pending(bus.provider)
+    stream, root = await bus.stream()
+    durable = await bus.consumer(stream, filter_subject=f"{root}.a")
+
+    async def counts_are(want: tuple[int, int]) -> bool:
+        return await provider.pending(stream, durable) == want
+
+    assert await provider.pending(stream, durable) == (0, 0)
+    for i in range(4):
+        await bus.provider.publish(OutboundMessage(f"{root}.a", f"m{i}".encode()))
+    await bus.provider.publish(OutboundMessage(f"{root}.b", b"not for this consumer"))
+    assert await eventually(lambda: counts_are((4, 0)))
+    got: list[Delivery] = []
+    deadline = time.monotonic() + 10
+    while len(got) < 3 and time.monotonic() < deadline:
+        got += await bus.provider.fetch(stream, durable, 3 - len(got), 1.0)
+    assert len(got) == 3
+    assert await eventually(lambda: counts_are((1, 3)))
+    await bus.provider.settle([got[0].ack_token], AckAction.ACK)
+    assert await eventually(lambda: counts_are((1, 2)))
+    await bus.provider.settle([got[1].ack_token], AckAction.TERM)
+    assert await eventually(lambda: counts_are((1, 1)))
+    with pytest.raises(NotFoundError):
+        await provider.pending(stream, "no_such_consumer")
