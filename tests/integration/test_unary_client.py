@@ -1,8 +1,9 @@
-"""UnaryChannel (the plugin's HTTP/2 client for engine callbacks) against a grpc.aio server.
+"""Both callback transports (our HTTP/2 client, grpc.aio) against a grpc.aio server.
 
 grpc's C core is a strict HTTP/2 peer: it checks our preface, settings, flow
 control and header blocks, and sends us what a Go engine sends (SETTINGS,
-WINDOW_UPDATE, PING, GOAWAY, RST_STREAM, trailers-only errors).
+WINDOW_UPDATE, PING, GOAWAY, RST_STREAM, trailers-only errors). Every test runs
+for each transport (``kind``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from workflow_eventbus.plugin.callbacks.h2 import RpcError, UnaryChannel
+from workflow_eventbus.plugin.callbacks.errors import RpcError
+from workflow_eventbus.plugin.callbacks.transport import UnaryTransport, open_channel
 
+T = 30.0  # seconds: the deadline of calls that should never reach it
 SERVICE = "test.Unary"
 ECHO, FAIL, HOLD = f"/{SERVICE}/Echo", f"/{SERVICE}/Fail", f"/{SERVICE}/Hold"
 
@@ -80,15 +83,34 @@ class Server:
         return request
 
 
-async def hold_one(server: Server, body: bytes) -> tuple[UnaryChannel, asyncio.Task[bytes]]:
+@pytest.fixture(params=["h2", "grpc"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def hold_one(
+    server: Server, body: bytes, kind: str
+) -> tuple[UnaryTransport, asyncio.Task[bytes]]:
     """A channel to ``server`` with one call parked in the server's Hold method."""
-    channel = UnaryChannel("unix", server.path)
+    channel = open_channel("unix", server.path, kind=kind)
     server.release.clear()
-    held = asyncio.create_task(channel.call(HOLD, body))
+    held = asyncio.create_task(channel.unary(HOLD, body, T))
     async with asyncio.timeout(5):
         while server.held == 0:
             await asyncio.sleep(0.005)
     return channel, held
+
+
+async def reconnected(channel: UnaryTransport, seconds: float = 5.0) -> None:
+    """Poll with calls until one is answered."""
+    async with asyncio.timeout(seconds):
+        while True:
+            try:
+                await channel.unary(ECHO, b"ping", T)
+                return
+            except RpcError as exc:
+                assert exc.code == "UNAVAILABLE"
+                await asyncio.sleep(0.02)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -106,57 +128,57 @@ async def server(socket_path: str) -> AsyncIterator[Server]:
     await running.stop(None)
 
 
-async def test_concurrent_calls_each_get_their_own_answer(server: Server) -> None:
-    channel = UnaryChannel("unix", server.path)
+async def test_concurrent_calls_each_get_their_own_answer(server: Server, kind: str) -> None:
+    channel = open_channel("unix", server.path, kind=kind)
     bodies = [os.urandom(i % 300) for i in range(300)]
-    answers = await asyncio.gather(*(channel.call(ECHO, body) for body in bodies))
+    answers = await asyncio.gather(*(channel.unary(ECHO, body, T) for body in bodies))
     assert answers == bodies
     await channel.close()
     with pytest.raises(RpcError, match="closed"):  # no new connection after close
-        await channel.call(ECHO, b"late")
+        await channel.unary(ECHO, b"late", T)
 
 
-async def test_bodies_beyond_every_window_and_frame_size(server: Server) -> None:
+async def test_bodies_beyond_every_window_and_frame_size(server: Server, kind: str) -> None:
     # 3 MB both ways: cut to the peer's frame size, paced by its windows.
-    channel = UnaryChannel("unix", server.path)
+    channel = open_channel("unix", server.path, kind=kind)
     bodies = [os.urandom(3_000_000), os.urandom(200_000), b""]
-    answers = await asyncio.gather(*(channel.call(ECHO, body) for body in bodies))
+    answers = await asyncio.gather(*(channel.unary(ECHO, body, T) for body in bodies))
     assert answers == bodies
-    assert await channel.call(ECHO, b"after") == b"after"
+    assert await channel.unary(ECHO, b"after", T) == b"after"
     await channel.close()
 
 
-async def test_a_status_is_raised_with_its_code_and_details(server: Server) -> None:
-    channel = UnaryChannel("unix", server.path)
+async def test_a_status_is_raised_with_its_code_and_details(server: Server, kind: str) -> None:
+    channel = open_channel("unix", server.path, kind=kind)
     with pytest.raises(RpcError) as failed:
-        await channel.call(FAIL, "pipeline said no: 100% ünicode".encode())
+        await channel.unary(FAIL, "pipeline said no: 100% ünicode".encode(), T)
     assert failed.value.code == "INVALID_ARGUMENT"
     assert failed.value.details == "pipeline said no: 100% ünicode"
     with pytest.raises(RpcError) as missing:
-        await channel.call(f"/{SERVICE}/Nope", b"")
+        await channel.unary(f"/{SERVICE}/Nope", b"", T)
     assert missing.value.code == "UNIMPLEMENTED"
-    assert await channel.call(ECHO, b"still fine") == b"still fine"
+    assert await channel.unary(ECHO, b"still fine", T) == b"still fine"
     await channel.close()
 
 
-async def test_an_early_answer_stops_a_body_still_being_sent(server: Server) -> None:
+async def test_an_early_answer_stops_a_body_still_being_sent(server: Server, kind: str) -> None:
     # The server refuses an unknown method on its headers; our 3 MB body is then
     # still waiting for window space and must not keep the call open.
-    channel = UnaryChannel("unix", server.path)
+    channel = open_channel("unix", server.path, kind=kind)
     async with asyncio.timeout(10):
         with pytest.raises(RpcError) as missing:
-            await channel.call(f"/{SERVICE}/Nope", os.urandom(3_000_000))
+            await channel.unary(f"/{SERVICE}/Nope", os.urandom(3_000_000), T)
     assert missing.value.code == "UNIMPLEMENTED"
-    assert await channel.call(ECHO, b"next") == b"next"
+    assert await channel.unary(ECHO, b"next", T) == b"next"
     await channel.close()
 
 
-async def test_the_servers_stream_limit_queues_calls(socket_path: str) -> None:
+async def test_the_servers_stream_limit_queues_calls(socket_path: str, kind: str) -> None:
     limited = Server(socket_path, [("grpc.max_concurrent_streams", 2)])
     await limited.start()
     try:
-        channel = UnaryChannel("unix", socket_path)
-        answers = await asyncio.gather(*(channel.call(ECHO, b"slow") for _ in range(20)))
+        channel = open_channel("unix", socket_path, kind=kind)
+        answers = await asyncio.gather(*(channel.unary(ECHO, b"slow", T) for _ in range(20)))
         assert answers == [b"slow"] * 20
         assert limited.most_active == 2
         await channel.close()
@@ -164,45 +186,47 @@ async def test_the_servers_stream_limit_queues_calls(socket_path: str) -> None:
         await limited.stop(None)
 
 
-async def test_a_cancelled_call_resets_its_stream(server: Server) -> None:
-    channel, held = await hold_one(server, b"x")
+async def test_a_cancelled_call_resets_its_stream(server: Server, kind: str) -> None:
+    channel, held = await hold_one(server, b"x", kind)
     held.cancel()
     with pytest.raises(asyncio.CancelledError):
         await held
     async with asyncio.timeout(5):
         while server.cancelled == 0:  # the server saw the RST_STREAM
             await asyncio.sleep(0.005)
-    assert await channel.call(ECHO, b"next") == b"next"
+    assert await channel.unary(ECHO, b"next", T) == b"next"
     await channel.close()
 
 
 async def test_a_lost_server_fails_open_calls_and_the_next_call_reconnects(
-    socket_path: str,
+    socket_path: str, kind: str
 ) -> None:
     first = Server(socket_path)
     await first.start()
-    channel, held = await hold_one(first, b"x")
+    channel, held = await hold_one(first, b"x", kind)
     await first.stop(0)
     with pytest.raises(RpcError) as lost:
         await held
     assert lost.value.code in ("UNAVAILABLE", "CANCELLED")
     assert not lost.value.unprocessed  # it reached the server: no silent resend
     with pytest.raises(RpcError) as down:
-        await channel.call(ECHO, b"x")
+        await channel.unary(ECHO, b"x", T)
     assert down.value.code == "UNAVAILABLE"
     second = Server(socket_path)
     await second.start()
     try:
-        assert await channel.call(ECHO, b"back") == b"back"
+        if kind == "grpc":  # grpc reconnects on its own backoff: wait for it
+            await reconnected(channel)
+        assert await channel.unary(ECHO, b"back", T) == b"back"
     finally:
         await channel.close()
         await second.stop(None)
 
 
-async def test_a_graceful_shutdown_lets_open_calls_finish(socket_path: str) -> None:
+async def test_a_graceful_shutdown_lets_open_calls_finish(socket_path: str, kind: str) -> None:
     draining = Server(socket_path)
     await draining.start()
-    channel, held = await hold_one(draining, b"finish me")
+    channel, held = await hold_one(draining, b"finish me", kind)
     stopping = asyncio.create_task(draining.stop(5))  # GOAWAY, then wait for open calls
     await asyncio.sleep(0.1)
     draining.release.set()
@@ -211,15 +235,17 @@ async def test_a_graceful_shutdown_lets_open_calls_finish(socket_path: str) -> N
     await channel.close()
 
 
-async def test_nothing_listening_is_unavailable_at_once(socket_path: str) -> None:
-    channel = UnaryChannel("unix", socket_path + ".none")
+async def test_nothing_listening_is_unavailable_at_once(socket_path: str, kind: str) -> None:
+    channel = open_channel("unix", socket_path + ".none", kind=kind)
     with pytest.raises(RpcError) as failed:
-        await channel.call(ECHO, b"")
+        await channel.unary(ECHO, b"", T)
     assert failed.value.code == "UNAVAILABLE"
     assert "cannot connect to the engine" in str(failed.value)
 
 
-async def test_a_peer_that_is_not_http2_times_out_with_a_clear_error(socket_path: str) -> None:
+async def test_a_peer_that_is_not_http2_times_out_with_a_clear_error(
+    socket_path: str, kind: str
+) -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(1 << 16)
         writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
@@ -227,9 +253,9 @@ async def test_a_peer_that_is_not_http2_times_out_with_a_clear_error(socket_path
 
     server = await asyncio.start_unix_server(silent, socket_path)
     try:
-        channel = UnaryChannel("unix", socket_path, connect_timeout=0.5)
+        channel = open_channel("unix", socket_path, kind=kind, connect_timeout=0.5)
         with pytest.raises(RpcError) as failed:
-            await channel.call(ECHO, b"")
+            await channel.unary(ECHO, b"", T)
         assert failed.value.code in ("UNAVAILABLE", "INTERNAL")
         await channel.close()
     finally:

@@ -10,7 +10,11 @@ import pytest
 from hpack import Encoder
 
 from workflow_eventbus.plugin.callbacks import h2
-from workflow_eventbus.plugin.callbacks.h2 import Connection, RpcError, frame
+from workflow_eventbus.plugin.callbacks import h2wire as w
+from workflow_eventbus.plugin.callbacks.h2 import Connection, RpcError
+from workflow_eventbus.plugin.callbacks.h2wire import frame
+
+TIMEOUT = 5.0  # seconds: the deadline of the calls below (none should reach it)
 
 
 class FakeTransport:
@@ -25,11 +29,19 @@ class FakeTransport:
         self.closed = True
 
 
+def start_call(
+    connection: Connection, body: bytes, timeout: float = TIMEOUT
+) -> asyncio.Future[bytes]:
+    """A call on a fed connection, as UnaryChannel makes it."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    return asyncio.ensure_future(connection.unary("/s/M", body, timeout, deadline))
+
+
 def connected() -> tuple[Connection, FakeTransport]:
     connection = Connection("localhost")
     transport = FakeTransport()
     connection.connection_made(transport)  # type: ignore[arg-type]
-    connection.data_received(frame(h2.SETTINGS, 0, 0))
+    connection.data_received(frame(w.SETTINGS, 0, 0))
     return connection, transport
 
 
@@ -56,9 +68,9 @@ async def test_header_blocks_decode_in_step_with_the_servers_table() -> None:
 
 async def test_a_frame_beyond_our_max_size_fails_the_connection() -> None:
     connection, transport = connected()
-    call = asyncio.ensure_future(connection.unary("/s/M", b"x"))
+    call = start_call(connection, b"x")
     await asyncio.sleep(0)
-    header = struct.pack(">I", h2.MAX_FRAME + 1)[1:] + struct.pack(">BBI", h2.DATA, 0, 1)
+    header = struct.pack(">I", w.MAX_FRAME + 1)[1:] + struct.pack(">BBI", w.DATA, 0, 1)
     connection.data_received(header)
     with pytest.raises(RpcError) as failed:
         await call
@@ -68,12 +80,12 @@ async def test_a_frame_beyond_our_max_size_fails_the_connection() -> None:
 
 async def test_a_trailers_only_answer_is_the_status_it_names() -> None:
     connection, _ = connected()
-    call = asyncio.ensure_future(connection.unary("/s/M", b"x"))
+    call = start_call(connection, b"x")
     await asyncio.sleep(0)
     block = Encoder().encode(
         [(":status", "200"), ("grpc-status", "5"), ("grpc-message", "no%20such%20workflow")]
     )
-    connection.data_received(frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 1, block))
+    connection.data_received(frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, 1, block))
     with pytest.raises(RpcError) as failed:
         await call
     assert (failed.value.code, failed.value.details) == ("NOT_FOUND", "no such workflow")
@@ -84,7 +96,7 @@ async def test_calls_started_together_share_one_write() -> None:
     connection, transport = connected()
     await asyncio.sleep(0)  # our SETTINGS ACK goes out
     transport.written.clear()
-    calls: list[Any] = [asyncio.ensure_future(connection.unary("/s/M", b"x")) for _ in range(8)]
+    calls: list[Any] = [start_call(connection, b"x") for _ in range(8)]
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert len(transport.written) == 1
@@ -94,9 +106,9 @@ async def test_calls_started_together_share_one_write() -> None:
 
 async def test_a_reset_stops_a_body_waiting_for_window_space() -> None:
     connection, transport = connected()
-    call = asyncio.ensure_future(connection.unary("/s/M", b"x" * 200_000))  # > 65,535 window
+    call = start_call(connection, b"x" * 200_000)  # > 65,535 window
     await asyncio.sleep(0)
-    connection.data_received(frame(h2.RST_STREAM, 0, 1, struct.pack(">I", 0x2)))
+    connection.data_received(frame(w.RST_STREAM, 0, 1, struct.pack(">I", 0x2)))
     async with asyncio.timeout(1):
         with pytest.raises(RpcError) as failed:
             await call
@@ -110,11 +122,11 @@ def _answer(connection: Connection, stream_id: int, message: bytes) -> None:
     encoder = Encoder()
     body = b"\x00" + struct.pack(">I", len(message)) + message
     connection.data_received(
-        frame(h2.HEADERS, h2.END_HEADERS, stream_id, encoder.encode([(":status", "200")]))
-        + frame(h2.DATA, 0, stream_id, body)
+        frame(w.HEADERS, w.END_HEADERS, stream_id, encoder.encode([(":status", "200")]))
+        + frame(w.DATA, 0, stream_id, body)
         + frame(
-            h2.HEADERS,
-            h2.END_HEADERS | h2.END_STREAM,
+            w.HEADERS,
+            w.END_HEADERS | w.END_STREAM,
             stream_id,
             encoder.encode([("grpc-status", "0")]),
         )
@@ -132,18 +144,18 @@ async def _call_on_channel() -> tuple[Connection, asyncio.Future[bytes]]:
     connection, _ = connected()
     channel = h2.UnaryChannel("unix", "/nonexistent")
     channel._connection = connection
-    call = asyncio.ensure_future(channel.call("/s/M", b"x"))
+    call = asyncio.ensure_future(channel.unary("/s/M", b"x", TIMEOUT))
     await _until(lambda: 1 in connection._streams)
     return connection, call
 
 
 def _reset(connection: Connection, stream_id: int, code: int) -> None:
-    connection.data_received(frame(h2.RST_STREAM, 0, stream_id, struct.pack(">I", code)))
+    connection.data_received(frame(w.RST_STREAM, 0, stream_id, struct.pack(">I", code)))
 
 
 async def test_a_refused_call_is_sent_again_on_the_channel() -> None:
     connection, call = await _call_on_channel()
-    _reset(connection, 1, h2.REFUSED_STREAM)
+    _reset(connection, 1, w.REFUSED_STREAM)
     await _until(lambda: 3 in connection._streams)  # the same call on a new stream
     _answer(connection, 3, b"done")
     assert await call == b"done"
@@ -160,7 +172,7 @@ async def test_a_call_the_server_saw_is_not_sent_again() -> None:
 
 async def test_an_answer_arriving_byte_by_byte_is_the_same_answer() -> None:
     connection, _ = connected()
-    calls = [asyncio.ensure_future(connection.unary("/s/M", b"x")) for _ in range(2)]
+    calls = [start_call(connection, b"x") for _ in range(2)]
     await _until(lambda: len(connection._streams) == 2)
     whole = FakeTransport()
     spare = Connection("localhost")  # records what _answer would feed, to split it up
@@ -175,10 +187,10 @@ async def test_an_answer_arriving_byte_by_byte_is_the_same_answer() -> None:
 
 async def test_an_http_error_status_names_the_grpc_code() -> None:
     connection, _ = connected()
-    call = asyncio.ensure_future(connection.unary("/s/M", b"x"))
+    call = start_call(connection, b"x")
     await _until(lambda: 1 in connection._streams)
     block = Encoder().encode([(":status", "503")])
-    connection.data_received(frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 1, block))
+    connection.data_received(frame(w.HEADERS, w.END_HEADERS | w.END_STREAM, 1, block))
     with pytest.raises(RpcError) as failed:
         await call
     assert (failed.value.code, failed.value.details) == (

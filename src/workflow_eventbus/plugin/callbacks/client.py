@@ -4,21 +4,32 @@
 engine advertised its callback listener (a ConnInfo on the broker stream).
 The two can arrive in either order, so we wait up to ``wait`` seconds for the
 ConnInfo, then dial ``unix:<address>`` (or ``host:port`` for tcp). Calls go
-through :class:`~.unary.UnaryChannel`, our lean HTTP/2 unary client: one
-TriggerWorkflow per delivered message is the plugin's hottest RPC.
+through a :class:`~.transport.UnaryTransport` (our lean HTTP/2 client unless
+``WORKFLOW_EVENTBUS_CALLBACK_TRANSPORT=grpc``): one TriggerWorkflow per
+delivered message is the plugin's hottest RPC, and each has a deadline
+(``WORKFLOW_EVENTBUS_CALLBACK_TIMEOUT``, default 300 s).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from google.protobuf import struct_pb2
 
 from ..._proto import plugin_pb2 as ppb
 from ...core.errors import BrokerUnavailableError, ProviderError
 from ..broker import ConnInfoStore
-from .h2 import RpcError, UnaryChannel
+from .errors import RpcError
+from .transport import (
+    TIMEOUT_ENV,
+    UnaryTransport,
+    callback_timeout,
+    check_kind,
+    check_timeout,
+    open_channel,
+    transport_kind,
+)
 
 log = logging.getLogger("workflow_eventbus.plugin")
 
@@ -27,12 +38,35 @@ TRIGGER_WORKFLOW = f"/{_SERVICE}/TriggerWorkflow"
 
 
 class CallbackClient:
-    """One EngineCallbackService channel, replaced on each ConfigureCallback."""
+    """One EngineCallbackService channel, replaced on each ConfigureCallback.
 
-    def __init__(self, store: ConnInfoStore, *, wait: float = 5.0) -> None:
+    ``timeout`` (seconds) and ``transport`` (``h2`` or ``grpc``) override what the
+    environment (``environ``, default ``os.environ``) says; a bad value of either
+    is a :class:`~workflow_eventbus.core.errors.ConfigError` here, at start-up.
+    """
+
+    def __init__(
+        self,
+        store: ConnInfoStore,
+        *,
+        wait: float = 5.0,
+        timeout: float | None = None,
+        transport: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         self._store = store
         self._wait = wait
-        self._channel: UnaryChannel | None = None
+        self.timeout = (
+            callback_timeout(environ)
+            if timeout is None
+            else check_timeout(timeout, "CallbackClient timeout", timeout)
+        )
+        self.transport = (
+            transport_kind(environ)
+            if transport is None
+            else check_kind(transport, "CallbackClient transport")
+        )
+        self._channel: UnaryTransport | None = None
 
     @property
     def configured(self) -> bool:
@@ -50,12 +84,14 @@ class CallbackClient:
                 f"within {self._wait:g}s)"
             )
         await self.close()
-        self._channel = UnaryChannel(info.network, info.address)
+        self._channel = open_channel(info.network, info.address, kind=self.transport)
         log.info(
-            "callback service configured (broker id %d, %s %s)",
+            "callback service configured (broker id %d, %s %s, %s transport, deadline %gs)",
             broker_id,
             info.network,
             info.address,
+            self.transport,
+            self.timeout,
         )
         return ""
 
@@ -76,10 +112,19 @@ class CallbackClient:
         request = ppb.TriggerWorkflowRequest(trigger_type=trigger_type, action=action)
         fill(request.data)
         try:
-            answer = await channel.call(TRIGGER_WORKFLOW, request.SerializeToString())
+            answer = await channel.unary(
+                TRIGGER_WORKFLOW, request.SerializeToString(), self.timeout
+            )
         except RpcError as exc:
+            hint = ""
+            if exc.code == "DEADLINE_EXCEEDED":
+                hint = (
+                    f" (the callback deadline is {self.timeout:g}s; set {TIMEOUT_ENV} "
+                    "higher if pipelines legitimately run longer)"
+                )
             raise ProviderError(
-                f"trigger {trigger_type}: TriggerWorkflow RPC failed: {exc.code}: {exc.details}"
+                f"trigger {trigger_type}: TriggerWorkflow RPC failed: "
+                f"{exc.code}: {exc.details}{hint}"
             ) from exc
         response = ppb.ErrorResponse.FromString(answer)
         if response.error:
