@@ -476,3 +476,80 @@ async def test_engine_refuses_bad_config_forms_naming_the_setting(
         timeout=15,
         what="the plugin to exit after the engine failed to start",
     )
+
+
+# --- stopping the engine while a pipeline runs ------------------------------------
+
+# The slow pipeline's first step waits 4 s for a message that never comes (a consume
+# on an idle consumer), then it forwards the event.
+SLOW_APP = """\
+name: eventbus-slow-pipeline
+
+modules:
+  - name: bus
+    type: eventbus.broker
+    config:
+      provider: nats
+      deploy_target: self_hosted
+      dsn: "${EVENTBUS_NATS_URL}"
+  - name: slow-stream
+    type: eventbus.stream
+    dependsOn: [bus]
+    config:
+      name: SLOW
+      subjects: ["slow.>"]
+  - name: slow-worker
+    type: eventbus.consumer
+    dependsOn: [slow-stream]
+    config: {name: slow-worker, stream_name: SLOW, filter_subject: slow.in}
+  - name: idle
+    type: eventbus.consumer
+    dependsOn: [slow-stream]
+    config: {name: idle, stream_name: SLOW, filter_subject: slow.never}
+
+pipelines:
+  slow:
+    trigger:
+      type: trigger.eventbus.subscribe
+      config:
+        name: slow-worker
+        drain_timeout: 20s
+    steps:
+      - name: work
+        type: step.eventbus.consume
+        config: {consumer: idle, batch_size: 1, max_wait: 4s}
+      - name: forward
+        type: step.eventbus.publish
+        config: {subject: slow.out}
+"""
+
+
+async def test_sigterm_to_the_engine_lets_a_running_pipeline_finish_and_ack(
+    make_engine: MakeEngine, bus_url: str, js: JetStreamContext, tmp_path: Path
+) -> None:
+    # cmd/server stops triggers first, with no deadline (StopModule), so the
+    # trigger's drain_timeout governs: the running pipeline finishes and is acked.
+    config = tmp_path / "slow.yaml"
+    config.write_text(SLOW_APP)
+    engine = make_engine(config, {"EVENTBUS_NATS_URL": bus_url})
+    engine.start()
+    await engine.wait_plugin_loaded()
+    await engine.wait_started()
+    ack = await js.publish("slow.in", b"order-7")
+    await wait_for(
+        lambda: "Triggered workflow 'pipeline:slow'" in engine.log(),
+        timeout=30,
+        what="the slow pipeline to start",
+        check=engine.check_running,
+    )
+    began = time.monotonic()
+    assert await engine.stop() == 0
+    stopped = time.monotonic() - began
+
+    assert stopped > 2.0, stopped  # it waited for the pipeline's 4 s step
+    assert "Workflow 'pipeline:slow' executed successfully" in engine.log()
+    forwarded = await js.get_last_msg("SLOW", "slow.out")
+    assert forwarded.data == b"order-7"
+    info = await js.consumer_info("SLOW", "slow-worker")
+    assert info.ack_floor.stream_seq == ack.seq
+    assert (info.num_ack_pending, info.num_redelivered) == (0, 0)

@@ -19,7 +19,9 @@ import asyncio
 import functools
 import logging
 import os
+import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -49,6 +51,10 @@ M = TypeVar("M", bound=Message)
 Ctx = grpc.aio.ServicerContext[Any, Any]
 EMPTY_NAME = empty_pb2.Empty.DESCRIPTOR.full_name
 STRUCT_NAME = struct_pb2.Struct.DESCRIPTOR.full_name
+# A subscription with max_in_flight 1 runs its handler inside its loop and cancels
+# that loop this long after drain_timeout (engine/subscriber.py _finish): kept free
+# when a host deadline shortens the drain.
+LOOP_GRACE = 1.0
 
 
 @dataclass(slots=True)
@@ -128,6 +134,7 @@ class PluginService(pgrpc.PluginServiceServicer):
         self.callbacks = callbacks
         self._handles: dict[str, _Handle] = {}
         self._steps: dict[str, _StepHandle] = {}
+        self._cut_short: Counter[str] = Counter()  # by workflow type
 
     # --- static answers ---------------------------------------------------------
 
@@ -277,9 +284,27 @@ class PluginService(pgrpc.PluginServiceServicer):
     def _trigger_handler(self, workflow_type: str) -> Callable[[Delivery], Awaitable[None]]:
         async def handle(delivery: Delivery) -> None:
             fill = functools.partial(fill_trigger_struct, delivery)
-            await self.callbacks.trigger_workflow(workflow_type, "message", fill)
+            try:
+                await self.callbacks.trigger_workflow(workflow_type, "message", fill)
+            except asyncio.CancelledError:
+                self._note_cut_short(workflow_type, delivery)
+                raise
 
         return handle
+
+    def _note_cut_short(self, workflow_type: str, delivery: Delivery) -> None:
+        # A stopping trigger cancels the handlers its drain time did not cover
+        # (so does a process torn down without a stop).
+        self._cut_short[workflow_type] += 1
+        log.warning(
+            "%s: the pipeline for %s sequence %d (delivery %d) was still running when the "
+            "trigger's drain time ran out: its TriggerWorkflow call is cancelled and the "
+            "message nak'd, so it is redelivered (the engine may still finish this run)",
+            workflow_type,
+            delivery.subject,
+            delivery.sequence,
+            delivery.delivery_count,
+        )
 
     # --- steps ------------------------------------------------------------------
 
@@ -359,13 +384,64 @@ class PluginService(pgrpc.PluginServiceServicer):
 
     # --- shutdown ---------------------------------------------------------------
 
-    async def aclose(self, timeout: float = 1.2) -> None:
-        """Stop triggers, then modules in reverse creation order, within ``timeout``."""
-        handles = list(self._handles.values())
-        ordered = [h for h in handles if h.kind == "trigger"]
-        ordered += [h for h in reversed(handles) if h.kind == "module"]
+    async def drain_triggers(self, budget: float | None = None) -> None:
+        """Stop every running trigger at once. Each stops fetching, gives its running
+        pipelines up to its ``drain_timeout`` to finish (then cancels and naks them)
+        and naks what it fetched but had not started. ``budget``: seconds the host
+        allows in all (a deadline on its stop request), which caps every drain."""
+        triggers = [h for h in self._handles.values() if h.kind == "trigger"]
+        await asyncio.gather(*(self._drain(handle, budget) for handle in triggers))
+
+    async def _drain(self, handle: _Handle, budget: float | None) -> None:
+        trigger = cast(SubscribeTrigger, handle.obj)
+        subscription = trigger.subscription
+        if subscription is None or not subscription.running:
+            return
+        options = subscription.options
+        if budget is not None and budget < options.drain_timeout + LOOP_GRACE:
+            allowed = max(budget - LOOP_GRACE, 0.0)
+            log.warning(
+                "%s: drain_timeout %gs cut to %.1fs: the host's stop request leaves %.1fs",
+                handle.name,
+                options.drain_timeout,
+                allowed,
+                budget,
+            )
+            options.drain_timeout = allowed
+        running = subscription.stats.in_flight
+        cut_before = self._cut_short[handle.name]
+        log.info(
+            "%s: stopping; %d running pipeline(s) get up to %.1fs to finish",
+            handle.name,
+            running,
+            options.drain_timeout,
+        )
+        began = time.monotonic()
         try:
-            await asyncio.wait_for(_stop_all(ordered), timeout)
+            await trigger.stop()
+        except Exception as exc:
+            log.warning("shutdown: stopping %s %r failed: %s", handle.type, handle.name, exc)
+            return
+        took = time.monotonic() - began
+        cut = self._cut_short[handle.name] - cut_before
+        if cut:
+            log.warning(
+                "%s: stopped after %.1fs; %d of %d pipeline(s) were cut short and nak'd",
+                handle.name,
+                took,
+                cut,
+                running,
+            )
+        else:
+            log.info("%s: drained in %.1fs", handle.name, took)
+
+    async def aclose(self, timeout: float = 1.2, *, drain_budget: float | None = None) -> None:
+        """Drain the triggers (``drain_triggers``, not bounded by ``timeout``), then
+        stop the modules in reverse creation order within ``timeout`` seconds."""
+        await self.drain_triggers(drain_budget)
+        modules = [h for h in reversed(self._handles.values()) if h.kind == "module"]
+        try:
+            await asyncio.wait_for(_stop_all(modules), timeout)
         except TimeoutError:
             log.warning("shutdown: modules did not stop within %.1fs", timeout)
         await self.callbacks.close()

@@ -11,8 +11,16 @@ Order of events (reference plugin-protocol.md §1.5, §2, §8):
    in a private 0700 directory;
 4. only then the handshake line ``1|1|unix|<path>|grpc`` goes to stdout,
    flushed; afterwards fd 1 points at stderr so a stray print cannot block us;
-5. serve until Shutdown, SIGTERM or the death of the parent process, then stop
-   triggers and modules, stop the server and remove the socket directory.
+5. serve until Shutdown, SIGTERM or the death of the parent process, then drain
+   the triggers (each for its ``drain_timeout``), stop the modules, stop the
+   server and remove the socket directory.
+
+How long stopping may take (docs/guarantees.md, "Stopping"): go-plugin's Kill
+closes its broker, calls Shutdown and waits for the answer with no deadline of
+its own, then SIGKILLs 2 s after it. So Shutdown is answered once the triggers
+have drained, and the modules stop inside those 2 s. A Shutdown call that does
+carry a deadline is answered before it (the drains are cut to fit). SIGTERM
+comes from whoever runs the process; its deadline is theirs to set.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +43,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .._proto import grpc_broker_pb2_grpc as bgrpc
+from .._proto import grpc_controller_pb2 as cpb
 from .._proto import grpc_controller_pb2_grpc as cgrpc
 from .._proto import grpc_stdio_pb2_grpc as sgrpc
 from .._proto import plugin_pb2_grpc as pgrpc
@@ -53,7 +63,11 @@ SOCKET_NAME = "plugin.sock"
 MAX_SOCKET_PATH = 100  # sun_path is 104-108 bytes depending on the OS
 WATCHDOG_PERIOD = 0.25
 LOOP_ENV = "WORKFLOW_EVENTBUS_LOOP"
-SHUTDOWN_BUDGET = 1.2  # seconds for stopping modules; the host kills us after 2 s
+# Seconds for stopping the modules once the triggers have drained: go-plugin
+# SIGKILLs the process 2 s after Shutdown's answer.
+SHUTDOWN_BUDGET = 1.2
+# Kept back from a deadline on Shutdown, for the answer to reach the host.
+ANSWER_MARGIN = 0.5
 
 NOT_A_PLUGIN = f"""\
 This is workflow-plugin-eventbus, an external plugin of the GoCodeAlone workflow engine.
@@ -138,6 +152,8 @@ class PluginProcess:
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self.environ = dict(os.environ if environ is None else environ)
         self.stopping = asyncio.Event()
+        self.drained = asyncio.Event()  # every trigger drained: Shutdown may answer
+        self.stop_deadline: float | None = None  # monotonic; a deadline on Shutdown
         self.reason = ""
         self.store = ConnInfoStore()
         self.callbacks = CallbackClient(self.store)
@@ -178,7 +194,7 @@ class PluginProcess:
     ) -> health_aio.HealthServicer:
         pgrpc.add_PluginServiceServicer_to_server(service, server)
         bgrpc.add_GRPCBrokerServicer_to_server(BrokerServicer(self.store, self.stopping), server)
-        cgrpc.add_GRPCControllerServicer_to_server(ControllerServicer(self.request_stop), server)
+        cgrpc.add_GRPCControllerServicer_to_server(DrainingController(self), server)
         sgrpc.add_GRPCStdioServicer_to_server(StdioServicer(self.stopping), server)
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -195,10 +211,23 @@ class PluginProcess:
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
             loop.remove_signal_handler(signal.SIGTERM)
-            aclose = getattr(service, "aclose", None)
-            if aclose is not None:
-                await aclose(SHUTDOWN_BUDGET)
+            await self._shut_down(service)
             await server.stop(0.3)
+
+    async def _shut_down(self, service: object) -> None:
+        """Drain the triggers (Shutdown waits for that), then stop the modules."""
+        budget = None
+        if self.stop_deadline is not None:
+            budget = max(self.stop_deadline - time.monotonic() - ANSWER_MARGIN, 0.0)
+        try:
+            drain = getattr(service, "drain_triggers", None)
+            if drain is not None:
+                await drain(budget)
+        finally:
+            self.drained.set()
+        aclose = getattr(service, "aclose", None)
+        if aclose is not None:
+            await aclose(SHUTDOWN_BUDGET)
 
     async def _watch_parent(self) -> None:
         """cmd/server never kills its plugins: exit when our parent goes away."""
@@ -208,6 +237,26 @@ class PluginProcess:
                 self.request_stop(f"parent process {parent} exited")
                 return
             await asyncio.sleep(WATCHDOG_PERIOD)
+
+
+class DrainingController(ControllerServicer):
+    """``Shutdown`` asks the process to stop and answers once every trigger has
+    drained: go-plugin waits for this answer (no deadline of its own) and starts
+    its 2 s kill timer only after it."""
+
+    def __init__(self, process: PluginProcess) -> None:
+        super().__init__(process.request_stop)
+        self._process = process
+
+    async def Shutdown(  # noqa: N802
+        self, request: cpb.Empty, context: grpc.aio.ServicerContext[cpb.Empty, cpb.Empty]
+    ) -> cpb.Empty:
+        remaining = context.time_remaining()
+        if remaining is not None and self._process.stop_deadline is None:
+            self._process.stop_deadline = time.monotonic() + remaining
+        await super().Shutdown(request, context)
+        await self._process.drained.wait()
+        return cpb.Empty()
 
 
 def _write_handshake(line: str) -> None:

@@ -14,8 +14,10 @@ What it reproduces (reference plugin-protocol.md §1.5, §2.9, §3.2):
   EngineCallbackService on a unix socket of its own and announces it on the
   broker stream as service id 1, then runs the load-time RPCs including
   ``ConfigureCallback{broker_id=1}``;
-* ``shutdown()`` is go-plugin's Kill: close the broker stream, call
-  ``GRPCController/Shutdown``, wait 2 s, then SIGKILL.
+* ``shutdown()`` is go-plugin's Kill: close the broker stream (the engine's
+  callback server then refuses new TriggerWorkflow calls and lets running ones
+  finish), call ``GRPCController/Shutdown`` and wait for its answer with no
+  deadline (until the process exits), wait 2 s more, then SIGKILL.
 """
 
 from __future__ import annotations
@@ -105,6 +107,9 @@ class PluginHost(Service):
         self._streams: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._callback_dir: Path | None = None
+        # How the last Shutdown ended: "answered", "exited" (before answering) or
+        # the gRPC status name (e.g. "DEADLINE_EXCEEDED").
+        self.shutdown_outcome = ""
 
     # --- process ----------------------------------------------------------------
 
@@ -319,19 +324,21 @@ class PluginHost(Service):
 
     # --- ending ---------------------------------------------------------------------
 
-    async def shutdown(self, grace: float = KILL_GRACE) -> float:
+    async def shutdown(self, grace: float = KILL_GRACE, *, deadline: float | None = None) -> float:
         """go-plugin's Kill: close the broker, Shutdown, wait ``grace`` s, then SIGKILL.
 
-        Returns how long the process took to exit after Shutdown. Before the
-        handshake (no channel yet) there is no one to ask: the process is killed."""
+        Shutdown is awaited until it answers or the process exits, as go-plugin
+        does; ``deadline`` sets a gRPC deadline on it instead (a stricter host).
+        Returns how long the process took to exit after Shutdown answered. Before
+        the handshake (no channel yet) there is no one to ask: it is killed."""
         if self.channel is None:
             await self.kill()
             return 0.0
         began = time.monotonic()
         if self.process is not None and self.process.returncode is None:
             self._broker_queue.put_nowait(None)
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                await self._controller().Shutdown(cpb.Empty(), timeout=grace)
+            self.callback_server.handler = _refuse_after_broker_close
+            await self._ask_to_shut_down(self.process, deadline)
             began = time.monotonic()
             try:
                 await asyncio.wait_for(self.process.wait(), grace)
@@ -341,6 +348,22 @@ class PluginHost(Service):
         took = time.monotonic() - began
         await self._close()
         return took
+
+    async def _ask_to_shut_down(
+        self, process: asyncio.subprocess.Process, deadline: float | None
+    ) -> None:
+        """Shutdown, until it answers (or fails) or the process exits."""
+        answer = asyncio.ensure_future(self._controller().Shutdown(cpb.Empty(), timeout=deadline))
+        exited = asyncio.ensure_future(process.wait())
+        try:
+            await asyncio.wait({answer, exited}, return_when=asyncio.FIRST_COMPLETED)
+            self.shutdown_outcome = _outcome(answer) if answer.done() else "exited"
+        finally:
+            for task in (answer, exited):
+                task.cancel()
+            for task in (answer, exited):
+                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                    await task
 
     def _controller(self) -> cgrpc.GRPCControllerAsyncStub:
         assert self.channel is not None
@@ -369,6 +392,21 @@ class PluginHost(Service):
         if self._callback_dir is not None:
             shutil.rmtree(self._callback_dir, ignore_errors=True)
             self._callback_dir = None
+
+
+def _outcome(answer: asyncio.Future[Any]) -> str:
+    error = answer.exception()
+    if error is None:
+        return "answered"
+    if isinstance(error, grpc.aio.AioRpcError):
+        return error.code().name
+    return type(error).__name__
+
+
+async def _refuse_after_broker_close(call: TriggerCall) -> str:
+    # go-plugin's broker Close GracefulStops the engine's callback server: calls
+    # already running finish, new ones fail (here in-band, a failed workflow).
+    return "engine callback server is shutting down"
 
 
 def parse_handshake(line: str) -> str:
