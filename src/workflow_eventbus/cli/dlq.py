@@ -21,10 +21,11 @@ from typing import Any
 from .._proto import eventbus_pb2 as pb
 from ..core.config import decode
 from ..core.deadletter import DEAD_LETTER_STREAM, DeadLetter
+from ..core.defaults import DEFAULT_DEAD_LETTER_LIMIT
 from ..core.errors import ConfigError, EventbusError
 from ..core.names import canonical_module_type
 from ..engine.bus import EventBus
-from ..engine.dlq import DEFAULT_LIMIT, open_store, replay
+from ..engine.dlq import open_store, replay
 from ..providers import provider_for_url, runtime_names, spec_for
 
 BROKER_TYPE = "eventbus.broker"
@@ -47,7 +48,10 @@ def add_parser(sub: Any) -> None:
         action.add_argument("--stream", default="", help="only letters from this source stream")
         action.add_argument("--consumer", default="", help="only letters of this consumer")
         action.add_argument(
-            "--limit", type=int, default=DEFAULT_LIMIT, help=f"at most N (default {DEFAULT_LIMIT})"
+            "--limit",
+            type=int,
+            default=DEFAULT_DEAD_LETTER_LIMIT,
+            help=f"at most N (default {DEFAULT_DEAD_LETTER_LIMIT})",
         )
         action.add_argument(
             "--dlq-stream",

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from ..core.deadletter import DEAD_LETTER_STREAM, DeadLetter
 from ..core.errors import EventbusError
 from ..providers.base import (
-    DEFAULT_DEAD_LETTER_LIMIT,
     DeadLetterStore,
     OutboundMessage,
     Provider,
@@ -30,9 +29,7 @@ from ..providers.base import (
 )
 from ..providers.capabilities import require_dead_letters
 
-DEFAULT_LIMIT = DEFAULT_DEAD_LETTER_LIMIT
-
-__all__ = ["DEFAULT_LIMIT", "DeadLetterStore", "ReplayResult", "open_store", "replay"]
+__all__ = ["DeadLetterStore", "ReplayResult", "open_store", "replay"]
 
 
 @dataclass(slots=True)

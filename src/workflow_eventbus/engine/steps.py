@@ -19,11 +19,11 @@ from google.protobuf.message import Message
 from .._proto import eventbus_pb2 as pb
 from ..core import capabilities
 from ..core.config import decode, duration_seconds
-from ..core.defaults import DEFAULT_CONSUME_MAX_WAIT
+from ..core.defaults import DEFAULT_CONSUME_MAX_WAIT, MAX_BATCH
 from ..core.errors import ConfigError, NotFoundError, RequestError
 from ..core.names import ACK_STEP, CONSUME_STEP, PUBLISH_STEP
 from ..core.subjects import validate_subject
-from ..providers.base import MAX_BATCH, AckAction, OutboundMessage, PublishResult, batch_size
+from ..providers.base import AckAction, OutboundMessage, PublishResult, batch_size
 from .bus import EventBus
 
 C = TypeVar("C", bound=Message)

@@ -29,9 +29,7 @@ from typing import ClassVar
 
 from .._proto import eventbus_pb2 as pb
 from ..core.deadletter import DEAD_LETTER_STREAM, DeadLetter
-
-MAX_BATCH = 1000
-DEFAULT_DEAD_LETTER_LIMIT = 100  # letters one DeadLetterStore.list returns unless told
+from ..core.defaults import DEFAULT_DEAD_LETTER_LIMIT, MAX_BATCH
 
 
 class AckAction(enum.IntEnum):

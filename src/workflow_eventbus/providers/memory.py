@@ -20,11 +20,11 @@ from typing import TypeVar
 from .._proto import eventbus_pb2 as pb
 from ..core.config import duration_seconds
 from ..core.deadletter import DEAD_LETTER_STREAM, DeadLetter
+from ..core.defaults import DEFAULT_ACK_WAIT, DEFAULT_DEAD_LETTER_LIMIT, DEFAULT_DUPLICATE_WINDOW
 from ..core.errors import BrokerUnavailableError, ConflictError, NotFoundError, RequestError
 from ..core.headers import CORRELATION_HEADER
 from ..core.subjects import filter_matches, subject_matches
 from .base import (
-    DEFAULT_DEAD_LETTER_LIMIT,
     AckAction,
     DeadLetterStore,
     Delivery,
@@ -36,9 +36,6 @@ from .base import (
     PublishResult,
     batch_size,
 )
-
-DEFAULT_ACK_WAIT = 30.0
-DEFAULT_DUPLICATE_WINDOW = 120.0
 
 
 @dataclass(slots=True)

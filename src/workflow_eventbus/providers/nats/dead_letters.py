@@ -19,8 +19,9 @@ import nats.js.errors as js_errors
 from nats.js import JetStreamManager
 
 from ...core.deadletter import DEAD_LETTER_STREAM, DeadLetter, dead_letter_filter
+from ...core.defaults import DEFAULT_DEAD_LETTER_LIMIT
 from ...core.errors import EventbusError, NotFoundError
-from ..base import DEFAULT_DEAD_LETTER_LIMIT, DeadLetterStore
+from ..base import DeadLetterStore
 from .errors import SEQUENCE_NOT_FOUND
 
 Manager = Callable[[str], JetStreamManager]  # the provider's manager; raises when closed

@@ -15,7 +15,8 @@ import json
 from typing import Any
 
 from ...core.deadletter import DEAD_LETTER_STREAM, DLQ_CONSUMER, DLQ_STREAM, DeadLetter
-from ..base import DEFAULT_DEAD_LETTER_LIMIT, DeadLetterStore
+from ...core.defaults import DEFAULT_DEAD_LETTER_LIMIT
+from ..base import DeadLetterStore
 from . import queries as q
 from .checkout import Checkout
 from .connections import Connections

@@ -24,6 +24,12 @@ from psycopg.types.json import Jsonb
 from ..._proto import eventbus_pb2 as pb
 from ...core.config import duration_seconds, parse_duration
 from ...core.deadletter import DEAD_LETTER_STREAM
+from ...core.defaults import (
+    DEFAULT_PG_MAX_CONNS,
+    DEFAULT_PG_OPERATION_TIMEOUT,
+    DEFAULT_PG_POLL_INTERVAL,
+    DEFAULT_PG_SCHEMA,
+)
 from ...core.errors import (
     BrokerUnavailableError,
     ConfigError,
@@ -60,10 +66,6 @@ from .retention import sweep
 from .rules import validate_pg_stream_name
 from .subjects import filter_regex, patterns_overlap
 
-DEFAULT_SCHEMA = "public"
-DEFAULT_MAX_CONNS = 16
-DEFAULT_POLL_INTERVAL = 1.0
-DEFAULT_OP_TIMEOUT = 5.0
 STREAM_CACHE_TTL = 5.0
 ROUTE_CACHE_SIZE = 4096
 
@@ -94,12 +96,12 @@ class PgChannelProvider(Provider, HasPending, HasDeadLetters):
     def __init__(self, cluster: pb.ClusterConfig, url: str, *, broker_name: str) -> None:
         super().__init__(cluster, url or cluster.dsn, broker_name=broker_name)
         self._where = f'{BROKER} "{broker_name}"'
-        self.schema = cluster.schema or DEFAULT_SCHEMA
+        self.schema = cluster.schema or DEFAULT_PG_SCHEMA
         self.poll_interval = self._poll_interval(cluster)
-        self.max_conns = cluster.max_conns if cluster.max_conns > 0 else DEFAULT_MAX_CONNS
+        self.max_conns = cluster.max_conns if cluster.max_conns > 0 else DEFAULT_PG_MAX_CONNS
         self.auto_migrate = cluster.auto_migrate if cluster.HasField("auto_migrate") else True
         timeout = duration_seconds(cluster.connect_timeout)
-        self.op_timeout = timeout if timeout > 0 else DEFAULT_OP_TIMEOUT
+        self.op_timeout = timeout if timeout > 0 else DEFAULT_PG_OPERATION_TIMEOUT
         self.sql = q.Queries(self.schema)
         self._db = Connections(
             self.url,
@@ -116,9 +118,9 @@ class PgChannelProvider(Provider, HasPending, HasDeadLetters):
 
     def _poll_interval(self, cluster: pb.ClusterConfig) -> float:
         if not cluster.poll_interval:
-            return DEFAULT_POLL_INTERVAL
+            return DEFAULT_PG_POLL_INTERVAL
         seconds = parse_duration(cluster.poll_interval, setting=f"{self._where}: poll_interval")
-        return seconds if seconds > 0 else DEFAULT_POLL_INTERVAL
+        return seconds if seconds > 0 else DEFAULT_PG_POLL_INTERVAL
 
     # ---- lifecycle ----
 
