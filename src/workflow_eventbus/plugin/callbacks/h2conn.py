@@ -133,9 +133,11 @@ class Connection(asyncio.Protocol):
 
     async def unary(self, path: str, request: bytes, timeout: float, deadline: float) -> bytes:
         """One call: ``timeout`` (seconds) goes out as its ``grpc-timeout``; at
-        ``deadline`` (loop time) it fails here whatever the engine does."""
+        ``deadline`` (loop time) it fails here whatever the engine does. Time spent
+        queued for a stream is not taken off the header (the block stays the cached
+        one); the local deadline is the true one."""
         if len(self._streams) >= self._peer_streams:
-            timeout = await self._wait_for_slot(deadline)
+            await self._wait_for_slot(deadline)
         if not self.usable:
             raise RpcError("UNAVAILABLE", "connection closing", unprocessed=True)
         stream_id = self._next_id
@@ -174,8 +176,8 @@ class Connection(asyncio.Protocol):
                 self._release_slot()
             raise
 
-    async def _wait_for_slot(self, deadline: float) -> float:
-        """Queue for one of the peer's streams until ``deadline``; returns the time left."""
+    async def _wait_for_slot(self, deadline: float) -> None:
+        """Queue for one of the peer's streams until ``deadline``."""
         try:
             async with asyncio.timeout_at(deadline):
                 while len(self._streams) >= self._peer_streams and self.closed is None:
@@ -186,7 +188,6 @@ class Connection(asyncio.Protocol):
                 f"the deadline passed while the call waited for a stream (the engine allows "
                 f"{self._peer_streams} at a time)",
             ) from None
-        return max(deadline - self._loop.time(), TIMER_SLACK)
 
     async def _send_paced(self, stream_id: int, stream: _Stream, block: bytes, body: bytes) -> None:
         """A body larger than a frame or than the windows: frame by frame as they open."""
