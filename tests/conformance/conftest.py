@@ -17,12 +17,9 @@ from harness import KINDS, Harness, factory
 
 
 def _features(kind: str) -> frozenset[str]:
-    from workflow_eventbus.providers.memory import MemoryProvider
-    from workflow_eventbus.providers.nats import NatsProvider
-    from workflow_eventbus.providers.pgchannel import PgChannelProvider
+    from workflow_eventbus.providers import REGISTRY
 
-    classes = {"nats": NatsProvider, "pgchannel": PgChannelProvider, "memory": MemoryProvider}
-    return frozenset(f.value for f in classes[kind].features)
+    return frozenset(f.value for f in REGISTRY[kind].features)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -11,32 +11,23 @@ from typing import Any
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
 from workflow_eventbus.core.config import to_duration
+from workflow_eventbus.providers import REGISTRY
 from workflow_eventbus.providers.base import Delivery, Provider
 
-KINDS = ["nats", "pgchannel", "memory"]
+# Every provider with a runtime, the test double included: a new provider joins the
+# suite by being registered (and the fixtures then need a broker for it).
+KINDS = [spec.name for spec in REGISTRY.values() if spec.runs]
+
+# Per provider, the settings of the suite's broker beyond what the registry fills in.
+_SETTINGS: dict[str, dict[str, Any]] = {"pgchannel": {"poll_interval": "250ms"}}
 
 
 def factory(kind: str, url: str, schema: str) -> Callable[[], Provider]:
-    if kind == "nats":
-        from workflow_eventbus.providers.nats import NatsProvider
-
-        cluster = pb.ClusterConfig(provider="nats", deploy_target="self_hosted", dsn=url)
-        return lambda: NatsProvider(cluster, url, broker_name="conformance")
+    spec = REGISTRY[kind]
+    cluster = spec.fill_defaults(pb.ClusterConfig(dsn=url, **_SETTINGS.get(kind, {})))
     if kind == "pgchannel":
-        from workflow_eventbus.providers.pgchannel import PgChannelProvider
-
-        cluster = pb.ClusterConfig(
-            provider="pgchannel",
-            broker_target="in_process",
-            dsn=url,
-            schema=schema,
-            poll_interval="250ms",
-        )
-        return lambda: PgChannelProvider(cluster, url, broker_name="conformance")
-    from workflow_eventbus.providers.memory import MemoryProvider
-
-    cluster = pb.ClusterConfig(provider="memory")
-    return lambda: MemoryProvider(cluster, url, broker_name="conformance")
+        cluster.schema = schema
+    return lambda: spec.create(cluster, url, "conformance")
 
 
 @dataclass

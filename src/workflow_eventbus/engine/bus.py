@@ -45,7 +45,7 @@ class EventBus:
         test_doubles: bool = False,
     ) -> None:
         """``test_doubles`` lets broker modules use the in-process ``memory`` provider
-        (tests only; the plugin never sets it unless EVENTBUS_TEST_DOUBLES=1)."""
+        (tests only; the plugin never sets it unless WORKFLOW_EVENTBUS_TEST_DOUBLES=1)."""
         self.test_doubles = test_doubles
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self.make_provider: ProviderFactory = provider_factory or load_provider

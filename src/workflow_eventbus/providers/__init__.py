@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 Validator = Callable[[str, pb.ClusterConfig], None]
 
 # Set to 1 in the plugin process's environment to let the engine use the test double.
-TEST_DOUBLES_ENV = "EVENTBUS_TEST_DOUBLES"
+TEST_DOUBLES_ENV = "WORKFLOW_EVENTBUS_TEST_DOUBLES"
 
 
 @dataclass(frozen=True, slots=True)
