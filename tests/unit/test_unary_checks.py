@@ -13,6 +13,7 @@ from hpack import Decoder, Encoder, HeaderTuple, NeverIndexedHeaderTuple
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from workflow_eventbus.core.defaults import DEFAULT_CALLBACK_TIMEOUT
 from workflow_eventbus.core.errors import ConfigError
 from workflow_eventbus.plugin.broker import ConnInfoStore
 from workflow_eventbus.plugin.callbacks import h2wire as w
@@ -22,7 +23,6 @@ from workflow_eventbus.plugin.callbacks.grpcaio import GrpcChannel
 from workflow_eventbus.plugin.callbacks.h2 import Connection, UnaryChannel
 from workflow_eventbus.plugin.callbacks.h2wire import changes_table, frame, grpc_timeout
 from workflow_eventbus.plugin.callbacks.transport import (
-    DEFAULT_CALLBACK_TIMEOUT,
     TIMEOUT_ENV,
     TRANSPORT_ENV,
     callback_timeout,

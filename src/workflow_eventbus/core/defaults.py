@@ -25,6 +25,10 @@ DEFAULT_MAX_IN_FLIGHT = 1  # handlers at once per trigger; max_in_flight >= 0 (1
 DEFAULT_BACKOFF = (1.0, 5.0, 30.0)  # s; waits before redelivery by attempt; each > 0
 DEFAULT_DRAIN_TIMEOUT = 30.0  # s; drain_timeout: how long a stopping trigger lets handlers finish
 
+# --- the plugin's calls to the engine (TriggerWorkflow runs a whole pipeline) ----------
+DEFAULT_CALLBACK_TIMEOUT = 300.0  # s; WORKFLOW_EVENTBUS_CALLBACK_TIMEOUT, > 0: deadline per call
+DEFAULT_CALLBACK_TRANSPORT = "h2"  # WORKFLOW_EVENTBUS_CALLBACK_TRANSPORT: h2 or grpc
+
 # --- steps -------------------------------------------------------------------------
 DEFAULT_CONSUME_MAX_WAIT = 5.0  # s; step.eventbus.consume max_wait (the Go client's default)
 

@@ -25,7 +25,6 @@ from .h2wire import (
     CONTINUATION,
     DATA,
     DATA_HEAD,
-    DEFAULT_WINDOW,
     END_HEADERS,
     END_STREAM,
     FLOW_CONTROL_ERROR,
@@ -34,6 +33,7 @@ from .h2wire import (
     GOAWAY,
     H2_ERRORS,
     HEADERS,
+    INITIAL_WINDOW,
     LAST_STREAM_ID,
     MAX_FRAME,
     MAX_WINDOW,
@@ -104,10 +104,10 @@ class Connection(asyncio.Protocol):
         self._decoder = Decoder()
         self._streams: dict[int, _Stream] = {}
         self._next_id = 1
-        self._peer_window = DEFAULT_WINDOW  # peer's initial stream window
+        self._peer_window = INITIAL_WINDOW  # peer's initial stream window
         self._peer_frame = 16384
         self._peer_streams = 2**31
-        self._send_window = DEFAULT_WINDOW  # connection-level send window
+        self._send_window = INITIAL_WINDOW  # connection-level send window
         self._received = 0  # connection-level bytes received since the last top-up
         self._window_waiters: list[asyncio.Future[None]] = []
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
@@ -346,7 +346,7 @@ class Connection(asyncio.Protocol):
         transport.write(
             PREFACE
             + frame(SETTINGS, 0, 0, settings)
-            + frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", MAX_WINDOW - DEFAULT_WINDOW))
+            + frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", MAX_WINDOW - INITIAL_WINDOW))
         )
 
     def connection_lost(self, exc: Exception | None) -> None:

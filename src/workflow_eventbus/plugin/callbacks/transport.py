@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from ...core.config import parse_duration
+from ...core.defaults import DEFAULT_CALLBACK_TIMEOUT, DEFAULT_CALLBACK_TRANSPORT
 from ...core.errors import ConfigError
 from .grpcaio import GrpcChannel
 from .h2 import UnaryChannel
@@ -34,8 +35,6 @@ from .h2 import UnaryChannel
 TRANSPORT_ENV = "WORKFLOW_EVENTBUS_CALLBACK_TRANSPORT"
 TIMEOUT_ENV = "WORKFLOW_EVENTBUS_CALLBACK_TIMEOUT"
 TRANSPORTS = ("h2", "grpc")
-DEFAULT_TRANSPORT = "h2"
-DEFAULT_CALLBACK_TIMEOUT = 300.0  # seconds: the deadline of every callback call
 CONNECT_TIMEOUT = 5.0  # seconds: the h2 transport's bound on connecting (grpc has its own)
 
 
@@ -56,7 +55,9 @@ class UnaryTransport(Protocol):
 def transport_kind(environ: Mapping[str, str] | None = None) -> str:
     """The transport ``WORKFLOW_EVENTBUS_CALLBACK_TRANSPORT`` names (default ``h2``)."""
     env = os.environ if environ is None else environ
-    return check_kind(env.get(TRANSPORT_ENV, "").strip() or DEFAULT_TRANSPORT, TRANSPORT_ENV)
+    return check_kind(
+        env.get(TRANSPORT_ENV, "").strip() or DEFAULT_CALLBACK_TRANSPORT, TRANSPORT_ENV
+    )
 
 
 def check_kind(kind: str, setting: str) -> str:
@@ -65,7 +66,7 @@ def check_kind(kind: str, setting: str) -> str:
             setting,
             "unknown callback transport",
             value=kind,
-            fix=f"use one of {', '.join(TRANSPORTS)} (default {DEFAULT_TRANSPORT})",
+            fix=f"use one of {', '.join(TRANSPORTS)} (default {DEFAULT_CALLBACK_TRANSPORT})",
         )
     return kind
 
