@@ -22,16 +22,7 @@ _NAME_BAD = re.compile(r"[\s.*>/\\]")
 
 def validate_stream(name: str, cfg: pb.StreamConfig) -> None:
     where = f'{STREAM} "{name}"'
-    if not cfg.name:
-        raise ConfigError(f"{where}: name", "is required", fix="set name, e.g. name: ORDERS")
-    if _NAME_BAD.search(cfg.name):
-        raise ConfigError(
-            f"{where}: name",
-            "stream names cannot contain spaces, '.', '*', '>', '/' or '\\'",
-            value=cfg.name,
-            fix="use letters, digits, '-' and '_'",
-        )
-    _check_length(cfg.name, f"{where}: name")
+    _check_name(cfg.name, f"{where}: name", "stream", fix="set name, e.g. name: ORDERS")
     if not cfg.subjects:
         raise ConfigError(
             f"{where}: subjects",
@@ -51,6 +42,20 @@ def validate_stream(name: str, cfg: pb.StreamConfig) -> None:
             )
 
 
+def _check_name(name: str, setting: str, kind: str, *, fix: str) -> None:
+    """A stream or durable name: present, no subject characters, not too long."""
+    if not name:
+        raise ConfigError(setting, "is required", fix=fix)
+    if _NAME_BAD.search(name):
+        raise ConfigError(
+            setting,
+            f"{kind} names cannot contain spaces, '.', '*', '>', '/' or '\\'",
+            value=name,
+            fix="use letters, digits, '-' and '_'",
+        )
+    _check_length(name, setting)
+
+
 def _check_length(name: str, setting: str) -> None:
     if len(name) > MAX_NAME:
         raise ConfigError(
@@ -63,18 +68,7 @@ def _check_length(name: str, setting: str) -> None:
 
 def validate_consumer(name: str, cfg: pb.ConsumerConfig, *, kind: str = CONSUMER) -> None:
     where = f'{kind} "{name}"'
-    if not cfg.name:
-        raise ConfigError(
-            f"{where}: name", "is required", fix="set name to the durable consumer name"
-        )
-    if _NAME_BAD.search(cfg.name):
-        raise ConfigError(
-            f"{where}: name",
-            "durable names cannot contain spaces, '.', '*', '>', '/' or '\\'",
-            value=cfg.name,
-            fix="use letters, digits, '-' and '_'",
-        )
-    _check_length(cfg.name, f"{where}: name")
+    _check_name(cfg.name, f"{where}: name", "durable", fix="set name to the durable consumer name")
     if not cfg.stream_name:
         raise ConfigError(
             f"{where}: stream_name", "is required", fix="set stream_name to the stream's name"

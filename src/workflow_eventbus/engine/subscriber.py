@@ -62,6 +62,7 @@ log = logging.getLogger("workflow_eventbus.engine.subscriber")
 Handler = Callable[[Delivery], Awaitable[None]]
 
 MIN_SIGNAL_INTERVAL = 0.02
+STOP_GRACE = 1.0  # s a stopping loop gets beyond its drain to nak what is left and end
 AHEAD_WAIT = 0.05  # seconds a fetch ahead of need waits for messages
 
 
@@ -141,6 +142,7 @@ class Subscription:
         self.stats = SubscriptionStats()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._drain_timeout = self.options.drain_timeout  # set again by stop()
         self._handlers: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max(self.options.max_in_flight, 1))
         self._held: dict[str, _Held] = {}
@@ -158,12 +160,23 @@ class Subscription:
         self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name=f"subscription {self.name}")
 
-    async def stop(self) -> None:
-        """Graceful: stop fetching, drain in-flight handlers, nak the rest."""
+    def drain_limit(self, within: float | None = None) -> float:
+        """Seconds running handlers get to finish on :meth:`stop`: ``drain_timeout``,
+        or less when the caller must be done ``within`` seconds (the loop needs
+        STOP_GRACE more to nak what is left and end)."""
+        limit = self.options.drain_timeout
+        if within is not None:
+            limit = min(limit, max(within - STOP_GRACE, 0.0))
+        return limit
+
+    async def stop(self, within: float | None = None) -> None:
+        """Graceful: stop fetching, drain in-flight handlers (see :meth:`drain_limit`),
+        nak the rest."""
+        self._drain_timeout = self.drain_limit(within)
         self._stopping.set()
         task, self._task = self._task, None
         if task is not None:
-            await _finish(task, self.options.drain_timeout)
+            await _finish(task, self._drain_timeout)
 
     # -- the loop ---------------------------------------------------------------
     async def _run(self) -> None:
@@ -491,7 +504,7 @@ class Subscription:
         if not self._handlers:
             return
         pending = set(self._handlers)
-        _done, late = await asyncio.wait(pending, timeout=self.options.drain_timeout)
+        _done, late = await asyncio.wait(pending, timeout=self._drain_timeout)
         for task in late:
             task.cancel()  # _handle naks a cancelled delivery
         if late:
@@ -509,7 +522,7 @@ class Subscription:
 async def _finish(task: asyncio.Task[None], grace: float) -> None:
     """Wait for the loop to drain; cancel it if it overstays the grace period."""
     try:
-        await asyncio.wait_for(asyncio.shield(task), grace + 1.0)
+        await asyncio.wait_for(asyncio.shield(task), grace + STOP_GRACE)
     except TimeoutError:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

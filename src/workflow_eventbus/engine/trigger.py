@@ -280,9 +280,11 @@ class SubscribeTrigger:
         except BrokerUnavailableError as exc:
             log.warning("%s: broker not reachable yet, the loop will retry: %s", self, exc)
 
-    async def stop(self) -> None:
+    async def stop(self, within: float | None = None) -> None:
+        """Stop the loop, draining running pipelines (``within``: seconds the caller
+        allows in all; see :meth:`Subscription.drain_limit`)."""
         if self.subscription is not None:
-            await self.subscription.stop()
+            await self.subscription.stop(within)
 
     def __str__(self) -> str:
         return f'{SUBSCRIBE} "{self.name}"'

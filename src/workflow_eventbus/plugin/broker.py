@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.protobuf import empty_pb2
@@ -89,15 +89,20 @@ class BrokerServicer(bgrpc.GRPCBrokerServicer):
 
 
 class ControllerServicer(cgrpc.GRPCControllerServicer):
-    """``Shutdown`` answers at once and asks the process to stop (exit < 2 s)."""
+    """``Shutdown`` asks the process to stop and answers once it has drained.
 
-    def __init__(self, request_stop: Callable[[str], None]) -> None:
-        self._request_stop = request_stop
+    go-plugin waits for this answer with no deadline of its own and starts its 2 s
+    kill timer only after it, so running pipelines get their triggers'
+    ``drain_timeout`` here. ``on_shutdown`` receives the time the host left on the
+    call (None: no deadline) and returns when the triggers have drained."""
+
+    def __init__(self, on_shutdown: Callable[[float | None], Awaitable[None]]) -> None:
+        self._on_shutdown = on_shutdown
 
     async def Shutdown(  # noqa: N802
         self, request: cpb.Empty, context: grpc.aio.ServicerContext[cpb.Empty, cpb.Empty]
     ) -> cpb.Empty:
-        self._request_stop("GRPCController.Shutdown")
+        await self._on_shutdown(context.time_remaining())
         return cpb.Empty()
 
 

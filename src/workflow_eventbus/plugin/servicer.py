@@ -51,10 +51,6 @@ M = TypeVar("M", bound=Message)
 Ctx = grpc.aio.ServicerContext[Any, Any]
 EMPTY_NAME = empty_pb2.Empty.DESCRIPTOR.full_name
 STRUCT_NAME = struct_pb2.Struct.DESCRIPTOR.full_name
-# A subscription with max_in_flight 1 runs its handler inside its loop and cancels
-# that loop this long after drain_timeout (engine/subscriber.py _finish): kept free
-# when a host deadline shortens the drain.
-LOOP_GRACE = 1.0
 
 
 @dataclass(slots=True)
@@ -397,28 +393,26 @@ class PluginService(pgrpc.PluginServiceServicer):
         subscription = trigger.subscription
         if subscription is None or not subscription.running:
             return
-        options = subscription.options
-        if budget is not None and budget < options.drain_timeout + LOOP_GRACE:
-            allowed = max(budget - LOOP_GRACE, 0.0)
+        allowed = subscription.drain_limit(budget)
+        if allowed < subscription.options.drain_timeout:
             log.warning(
                 "%s: drain_timeout %gs cut to %.1fs: the host's stop request leaves %.1fs",
                 handle.name,
-                options.drain_timeout,
+                subscription.options.drain_timeout,
                 allowed,
                 budget,
             )
-            options.drain_timeout = allowed
         running = subscription.stats.in_flight
         cut_before = self._cut_short[handle.name]
         log.info(
             "%s: stopping; %d running pipeline(s) get up to %.1fs to finish",
             handle.name,
             running,
-            options.drain_timeout,
+            allowed,
         )
         began = time.monotonic()
         try:
-            await trigger.stop()
+            await trigger.stop(within=budget)
         except Exception as exc:
             log.warning("shutdown: stopping %s %r failed: %s", handle.type, handle.name, exc)
             return

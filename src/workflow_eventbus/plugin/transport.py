@@ -43,7 +43,6 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .._proto import grpc_broker_pb2_grpc as bgrpc
-from .._proto import grpc_controller_pb2 as cpb
 from .._proto import grpc_controller_pb2_grpc as cgrpc
 from .._proto import grpc_stdio_pb2_grpc as sgrpc
 from .._proto import plugin_pb2_grpc as pgrpc
@@ -194,7 +193,9 @@ class PluginProcess:
     ) -> health_aio.HealthServicer:
         pgrpc.add_PluginServiceServicer_to_server(service, server)
         bgrpc.add_GRPCBrokerServicer_to_server(BrokerServicer(self.store, self.stopping), server)
-        cgrpc.add_GRPCControllerServicer_to_server(DrainingController(self), server)
+        cgrpc.add_GRPCControllerServicer_to_server(
+            ControllerServicer(self.shutdown_requested), server
+        )
         sgrpc.add_GRPCStdioServicer_to_server(StdioServicer(self.stopping), server)
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -229,6 +230,14 @@ class PluginProcess:
         if aclose is not None:
             await aclose(SHUTDOWN_BUDGET)
 
+    async def shutdown_requested(self, remaining: float | None) -> None:
+        """GRPCController.Shutdown: stop, and return once every trigger has drained
+        (within ``remaining`` seconds when the host set a deadline)."""
+        if remaining is not None and self.stop_deadline is None:
+            self.stop_deadline = time.monotonic() + remaining
+        self.request_stop("GRPCController.Shutdown")
+        await self.drained.wait()
+
     async def _watch_parent(self) -> None:
         """cmd/server never kills its plugins: exit when our parent goes away."""
         parent = self.parent_pid
@@ -237,26 +246,6 @@ class PluginProcess:
                 self.request_stop(f"parent process {parent} exited")
                 return
             await asyncio.sleep(WATCHDOG_PERIOD)
-
-
-class DrainingController(ControllerServicer):
-    """``Shutdown`` asks the process to stop and answers once every trigger has
-    drained: go-plugin waits for this answer (no deadline of its own) and starts
-    its 2 s kill timer only after it."""
-
-    def __init__(self, process: PluginProcess) -> None:
-        super().__init__(process.request_stop)
-        self._process = process
-
-    async def Shutdown(  # noqa: N802
-        self, request: cpb.Empty, context: grpc.aio.ServicerContext[cpb.Empty, cpb.Empty]
-    ) -> cpb.Empty:
-        remaining = context.time_remaining()
-        if remaining is not None and self._process.stop_deadline is None:
-            self._process.stop_deadline = time.monotonic() + remaining
-        await super().Shutdown(request, context)
-        await self._process.drained.wait()
-        return cpb.Empty()
 
 
 def _write_handshake(line: str) -> None:
