@@ -34,6 +34,8 @@ def test_name_and_features() -> None:
         Feature.DEDUP,
         Feature.NAK_DELAY,
         Feature.PERSISTENT,
+        Feature.DEAD_LETTERS,
+        Feature.PENDING,
     }
 
 

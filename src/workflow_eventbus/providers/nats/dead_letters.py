@@ -22,7 +22,7 @@ from ...core.deadletter import DEAD_LETTER_STREAM, DeadLetter, dead_letter_filte
 from ...core.defaults import DEFAULT_DEAD_LETTER_LIMIT
 from ...core.errors import EventbusError, NotFoundError
 from ..base import DeadLetterStore
-from .errors import SEQUENCE_NOT_FOUND
+from .errors import DELETE_FOUND_NONE, SEQUENCE_NOT_FOUND
 
 Manager = Callable[[str], JetStreamManager]  # the provider's manager; raises when closed
 Fail = Callable[[BaseException, str], EventbusError]  # a nats-py error as one of ours
@@ -84,7 +84,10 @@ class NatsDeadLetters(DeadLetterStore):
         try:
             await jsm.delete_msg(letter.dlq_stream, letter.dlq_sequence)
         except js_errors.APIError as exc:
-            gone = isinstance(exc, js_errors.NotFoundError) or exc.err_code == SEQUENCE_NOT_FOUND
+            gone = isinstance(exc, js_errors.NotFoundError) or exc.err_code in (
+                SEQUENCE_NOT_FOUND,
+                DELETE_FOUND_NONE,
+            )
             if not gone:  # a letter (or stream) already gone counts as removed
                 raise self._fail(exc, action) from exc
         except Exception as exc:

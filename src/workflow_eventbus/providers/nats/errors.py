@@ -22,7 +22,10 @@ from . import mapping
 STREAM_NOT_FOUND = 10059
 CONSUMER_NOT_FOUND = 10014
 MESSAGE_TOO_LARGE = 10054
-SEQUENCE_NOT_FOUND = 10057  # no message at that stream sequence (e.g. deleted already)
+# Deleting a message that is not there: 10043 when its sequence is unknown to the
+# stream (deleted already, or past its end), 10057 when the delete itself found none.
+SEQUENCE_NOT_FOUND = 10043
+DELETE_FOUND_NONE = 10057
 
 _DOWN = (
     nats.errors.ConnectionClosedError,
