@@ -18,6 +18,7 @@ from ..core.names import BROKER, CONSUMER, MODULE_ALIASES, STREAM, canonical_mod
 from ..providers import REGISTRY
 from ..providers.base import Provider
 from .modules import BrokerModule, ConsumerModule, Module, StreamModule
+from .telemetry import OFF, Telemetry
 
 ProviderFactory = Callable[[pb.ClusterConfig, str, str], Provider]
 
@@ -43,10 +44,12 @@ class EventBus:
         environ: Mapping[str, str] | None = None,
         provider_factory: ProviderFactory | None = None,
         test_doubles: bool = False,
+        telemetry: Telemetry = OFF,
     ) -> None:
         """``test_doubles`` lets broker modules use the in-process ``memory`` provider
         (tests only; the plugin never sets it unless WORKFLOW_EVENTBUS_TEST_DOUBLES=1)."""
         self.test_doubles = test_doubles
+        self.telemetry = telemetry  # metrics and tracing hooks (engine/telemetry); OFF: none
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self.make_provider: ProviderFactory = provider_factory or load_provider
         self.brokers: dict[str, BrokerModule] = {}

@@ -20,11 +20,12 @@ from .._proto import eventbus_pb2 as pb
 from ..core import capabilities
 from ..core.config import decode, duration_seconds
 from ..core.defaults import DEFAULT_CONSUME_MAX_WAIT, MAX_BATCH
-from ..core.errors import ConfigError, NotFoundError, RequestError
+from ..core.errors import ConfigError, EventbusError, NotFoundError, RequestError
 from ..core.names import ACK_STEP, CONSUME_STEP, PUBLISH_STEP
 from ..core.subjects import validate_subject
 from ..providers.base import AckAction, OutboundMessage, PublishResult, batch_size
 from .bus import EventBus
+from .telemetry import Telemetry
 
 C = TypeVar("C", bound=Message)
 I = TypeVar("I", bound=Message)  # noqa: E741
@@ -61,17 +62,29 @@ class PublishStep(Step[pb.PublishStepConfig, pb.PublishRequest, pb.PublishRespon
 
     async def _run(self, cfg: pb.PublishStepConfig, req: pb.PublishRequest) -> pb.PublishResponse:
         provider = await self.bus.ready(cfg.broker_ref or req.broker_ref)
+        telemetry = self.bus.telemetry
         if req.messages:
             _check_batch(len(req.messages), self._where("messages"))
-            outgoing = [self._outbound(cfg, req, item) for item in req.messages]
+            built = [self._outbound(cfg, req, item) for item in req.messages]
+            outgoing = [message for message, _ in built]
+            tokens = [token for _, token in built]
             results = await provider.publish_many(outgoing)
+            for token, result in zip(tokens, results, strict=True):
+                _published(telemetry, token, provider.broker_name, result)
             return _batch_response(results)
-        result = await provider.publish(self._outbound(cfg, req, None))
+        message, token = self._outbound(cfg, req, None)
+        try:
+            result = await provider.publish(message)
+        except EventbusError as exc:
+            _published(telemetry, token, provider.broker_name, exc)
+            raise
+        _published(telemetry, token, provider.broker_name, result)
         return result.to_proto()
 
     def _outbound(
         self, cfg: pb.PublishStepConfig, req: pb.PublishRequest, item: pb.PublishRequest | None
-    ) -> OutboundMessage:
+    ) -> tuple[OutboundMessage, object]:
+        """The message to publish, and the telemetry token of its publish."""
         # Precedence: step config, then the batch item, then the request itself.
         layers = [req] if item is None else [item, req]
         subject = cfg.subject or _first(layers, "subject")
@@ -90,13 +103,24 @@ class PublishStep(Step[pb.PublishStepConfig, pb.PublishRequest, pb.PublishRespon
         if cfg.headers:
             headers.update(cfg.headers)
         payload = cfg.payload.encode() if cfg.payload else _first_bytes(layers)
-        return OutboundMessage(
+        token = self.bus.telemetry.before_publish(headers)
+        message = OutboundMessage(
             subject=subject,
             payload=payload,
             headers=headers,
             correlation_id=cfg.correlation_id or _first(layers, "correlation_id"),
             msg_id=cfg.msg_id or _first(layers, "msg_id"),
         )
+        return message, token
+
+
+def _published(
+    telemetry: Telemetry, token: object, broker: str, result: PublishResult | Exception
+) -> None:
+    if isinstance(result, Exception):
+        telemetry.after_publish(token, broker, "", 1, str(result) or type(result).__name__)
+    else:
+        telemetry.after_publish(token, broker, result.stream, 1, None)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -56,6 +56,7 @@ from ..core.errors import BrokerUnavailableError, EventbusError
 from ..core.headers import MSG_ID_HEADER
 from ..core.lifecycle import cancel_and_wait
 from ..providers.base import AckAction, Delivery, OutboundMessage, Provider, rfc3339
+from .telemetry import OFF, Labels, Telemetry
 
 log = logging.getLogger("workflow_eventbus.engine.subscriber")
 
@@ -132,8 +133,12 @@ class Subscription:
         options: SubscribeOptions | None = None,
         *,
         name: str = "",
+        telemetry: Telemetry = OFF,
+        labels: Labels | None = None,
     ) -> None:
         self._provider = provider
+        self.telemetry = telemetry
+        self.labels = labels or Labels("", stream, consumer)
         self.stream = stream
         self.consumer = consumer
         self._handler = handler
@@ -247,6 +252,8 @@ class Subscription:
         wait = min(AHEAD_WAIT, self.options.fetch_wait) if ahead else self.options.fetch_wait
         batch = await self._provider().fetch(self.stream, self.consumer, size, wait)
         self.stats.fetched += len(batch)
+        for delivery in batch:
+            self.telemetry.delivered(self.labels, delivery)
         self._last_full = len(batch) >= size
         now = time.monotonic()
         earliest = math.inf
@@ -309,14 +316,21 @@ class Subscription:
             await self._exhausted(delivery, error)
             return
         self.stats.in_flight += 1
+        telemetry = self.telemetry
+        token = telemetry.handler_started(self.labels, delivery)
+        began = time.monotonic()
         try:
             await self._handler(delivery)
         except asyncio.CancelledError:
+            telemetry.handler_finished(token, self.labels, time.monotonic() - began, "cancelled")
             await self._settle(delivery, AckAction.NAK)
             raise
         except Exception as exc:
+            error = str(exc) or type(exc).__name__
+            telemetry.handler_finished(token, self.labels, time.monotonic() - began, error)
             await self._failed(delivery, exc)
         else:
+            telemetry.handler_finished(token, self.labels, time.monotonic() - began, None)
             if await self._settle(delivery, AckAction.ACK, persist=True):
                 self.stats.acked += 1
         finally:
@@ -410,6 +424,7 @@ class Subscription:
                 return False
         if await self._settle(delivery, AckAction.TERM, persist=True):
             self.stats.dead_lettered += 1
+            self.telemetry.dead_lettered(self.labels)
             log.warning(
                 "%s: sequence %d dead-lettered to %s after %d deliveries",
                 self.name,
@@ -444,6 +459,7 @@ class Subscription:
         while True:
             try:
                 await self._provider().settle([delivery.ack_token], action, delay)
+                self.telemetry.settled(self.labels, action)
                 return True
             except BrokerUnavailableError as exc:
                 attempt += 1
@@ -496,6 +512,7 @@ class Subscription:
         try:
             await self._provider().settle(tokens, AckAction.IN_PROGRESS)
             self.stats.in_progress_sent += len(tokens)
+            self.telemetry.settled(self.labels, AckAction.IN_PROGRESS, len(tokens))
         except EventbusError as exc:
             log.warning("%s: in-progress signal failed: %s", self.name, exc)
 
@@ -517,6 +534,7 @@ class Subscription:
             with contextlib.suppress(EventbusError):
                 await self._provider().settle([item.delivery.ack_token], AckAction.NAK)
                 self.stats.nakked += 1
+                self.telemetry.settled(self.labels, AckAction.NAK)
 
 
 async def _finish(task: asyncio.Task[None], grace: float) -> None:

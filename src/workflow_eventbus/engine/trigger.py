@@ -26,13 +26,14 @@ from ..core.defaults import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_MAX_IN_FLIGHT,
 )
-from ..core.errors import BrokerUnavailableError, ConfigError
+from ..core.errors import BrokerUnavailableError, ConfigError, EventbusError
 from ..core.names import SUBSCRIBE
 from ..core.validation import validate_consumer
 from ..providers.base import Delivery, rfc3339
 from .bus import EventBus
 from .modules import declare_consumer
 from .subscriber import SubscribeOptions, Subscription
+from .telemetry import Labels
 
 log = logging.getLogger("workflow_eventbus.engine.trigger")
 
@@ -266,6 +267,8 @@ class SubscribeTrigger:
             self._deliver,
             self.options(),
             name=f"{SUBSCRIBE} {self.name}",
+            telemetry=self.bus.telemetry,
+            labels=Labels(self._broker_name(), self.config.stream_name, self.config.name),
         )
         await self.subscription.start()
 
@@ -279,6 +282,12 @@ class SubscribeTrigger:
             await declare_consumer(provider, self.config)
         except BrokerUnavailableError as exc:
             log.warning("%s: broker not reachable yet, the loop will retry: %s", self, exc)
+
+    def _broker_name(self) -> str:
+        try:
+            return self.bus.broker(self.config.broker_ref).name
+        except EventbusError:  # not resolvable yet: label with what the config says
+            return self.config.broker_ref
 
     async def stop(self, within: float | None = None) -> None:
         """Stop the loop, draining running pipelines (``within``: seconds the caller
