@@ -50,6 +50,7 @@ class EventBus:
         (tests only; the plugin never sets it unless WORKFLOW_EVENTBUS_TEST_DOUBLES=1)."""
         self.test_doubles = test_doubles
         self.telemetry = telemetry  # metrics and tracing hooks (engine/telemetry); OFF: none
+        telemetry.attach(self)
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self.make_provider: ProviderFactory = provider_factory or load_provider
         self.brokers: dict[str, BrokerModule] = {}

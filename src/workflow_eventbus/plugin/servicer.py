@@ -44,6 +44,7 @@ from ..providers import test_doubles_allowed
 from ..providers.base import Delivery
 from . import contracts
 from .callbacks.client import CallbackClient
+from .observability import telemetry_from_environ
 
 log = logging.getLogger("workflow_eventbus.plugin")
 
@@ -124,9 +125,12 @@ def _error_text(exc: BaseException) -> str:
 
 class PluginService(pgrpc.PluginServiceServicer):
     def __init__(self, callbacks: CallbackClient, bus: EventBus | None = None) -> None:
-        self.bus = (
-            bus if bus is not None else EventBus(test_doubles=test_doubles_allowed(os.environ))
-        )
+        if bus is None:
+            bus = EventBus(
+                test_doubles=test_doubles_allowed(os.environ),
+                telemetry=telemetry_from_environ(os.environ),
+            )
+        self.bus = bus
         self.callbacks = callbacks
         self._handles: dict[str, _Handle] = {}
         self._steps: dict[str, _StepHandle] = {}
@@ -439,6 +443,7 @@ class PluginService(pgrpc.PluginServiceServicer):
         except TimeoutError:
             log.warning("shutdown: modules did not stop within %.1fs", timeout)
         await self.callbacks.close()
+        self.bus.telemetry.close()
 
 
 async def _init(handle: _Handle) -> None:

@@ -32,6 +32,10 @@ class Labels:
 class Telemetry:
     """No-op hooks; subclasses override what they record."""
 
+    def attach(self, bus: Any) -> None:
+        """Called once by the EventBus that uses this telemetry (a metrics collector
+        reads its brokers and consumers for the pending gauges)."""
+
     # -- publishing -------------------------------------------------------------
     def before_publish(
         self, headers: MutableMapping[str, str], parent: Mapping[str, str] | None = None
@@ -89,6 +93,10 @@ class Fanout(Telemetry):
 
     def __init__(self, parts: Sequence[Telemetry]) -> None:
         self.parts = tuple(parts)
+
+    def attach(self, bus: Any) -> None:
+        for part in self.parts:
+            part.attach(bus)
 
     def before_publish(
         self, headers: MutableMapping[str, str], parent: Mapping[str, str] | None = None

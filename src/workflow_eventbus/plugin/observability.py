@@ -1,0 +1,18 @@
+"""The plugin process's telemetry, as its environment asks for it.
+
+``EVENTBUS_METRICS_ADDR`` turns Prometheus metrics on (engine/telemetry/metrics.py);
+the standard ``OTEL_*`` variables turn OpenTelemetry traces on
+(engine/telemetry/tracing.py). With neither, the bus runs with telemetry OFF.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ..engine.telemetry import Telemetry, combine
+from ..engine.telemetry.metrics import metrics_from_environ
+from ..engine.telemetry.tracing import tracing_from_environ
+
+
+def telemetry_from_environ(environ: Mapping[str, str]) -> Telemetry:
+    return combine([metrics_from_environ(environ), tracing_from_environ(environ)])
