@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup for a fresh machine: the project venv with pinned packages,
-# and (as root, with apt) the PostgreSQL server package the pgchannel tests use.
+# and (as root, with apt) the PostgreSQL server package the pgchannel tests use
+# and the Prometheus server package the metrics scrape test uses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,5 +24,16 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     apt-get install -y -qq postgresql >/dev/null
   else
     echo "warning: PostgreSQL server binaries not found; pgchannel tests need them" >&2
+  fi
+fi
+
+if [ ! -x /usr/bin/prometheus ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Prometheus (Debian package; the metrics test scrapes the plugin with it)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "warning: /usr/bin/prometheus not found; the Prometheus scrape test needs it" >&2
   fi
 fi
