@@ -29,6 +29,9 @@ DEFAULT_DRAIN_TIMEOUT = 30.0  # s; drain_timeout: how long a stopping trigger le
 DEFAULT_CALLBACK_TIMEOUT = 300.0  # s; WORKFLOW_EVENTBUS_CALLBACK_TIMEOUT, > 0: deadline per call
 DEFAULT_CALLBACK_TRANSPORT = "h2"  # WORKFLOW_EVENTBUS_CALLBACK_TRANSPORT: h2 or grpc
 
+# --- traces (engine/telemetry/tracing.py) --------------------------------------------
+DEFAULT_TRACES_SERVICE_NAME = "workflow-plugin-eventbus"  # OTEL_SERVICE_NAME when unset
+
 # --- steps -------------------------------------------------------------------------
 DEFAULT_CONSUME_MAX_WAIT = 5.0  # s; step.eventbus.consume max_wait (the Go client's default)
 

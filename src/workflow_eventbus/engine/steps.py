@@ -25,7 +25,8 @@ from ..core.names import ACK_STEP, CONSUME_STEP, PUBLISH_STEP
 from ..core.subjects import validate_subject
 from ..providers.base import AckAction, OutboundMessage, PublishResult, batch_size
 from .bus import EventBus
-from .telemetry import Telemetry
+from .telemetry import OFF, Telemetry
+from .telemetry.context import announce
 
 C = TypeVar("C", bound=Message)
 I = TypeVar("I", bound=Message)  # noqa: E741
@@ -103,7 +104,6 @@ class PublishStep(Step[pb.PublishStepConfig, pb.PublishRequest, pb.PublishRespon
         if cfg.headers:
             headers.update(cfg.headers)
         payload = cfg.payload.encode() if cfg.payload else _first_bytes(layers)
-        token = self.bus.telemetry.before_publish(headers)
         message = OutboundMessage(
             subject=subject,
             payload=payload,
@@ -111,6 +111,9 @@ class PublishStep(Step[pb.PublishStepConfig, pb.PublishRequest, pb.PublishRespon
             correlation_id=cfg.correlation_id or _first(layers, "correlation_id"),
             msg_id=cfg.msg_id or _first(layers, "msg_id"),
         )
+        telemetry = self.bus.telemetry
+        # The hook may add to ``headers`` (the message's own dict) before it is sent.
+        token = None if telemetry is OFF else announce(telemetry, headers, message)
         return message, token
 
 

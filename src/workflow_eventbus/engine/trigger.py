@@ -33,7 +33,7 @@ from ..providers.base import Delivery, rfc3339
 from .bus import EventBus
 from .modules import declare_consumer
 from .subscriber import SubscribeOptions, Subscription
-from .telemetry import Labels
+from .telemetry import Labels, Telemetry
 
 log = logging.getLogger("workflow_eventbus.engine.trigger")
 
@@ -66,23 +66,30 @@ def _text_fields(delivery: Delivery) -> tuple[tuple[str, str], ...]:
     )
 
 
-def trigger_data(delivery: Delivery) -> dict[str, Any]:
-    """The data map sent to the engine for one message (see DESIGN.md)."""
+def trigger_data(delivery: Delivery, extra: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The data map sent to the engine for one message (see DESIGN.md); ``extra``:
+    string fields the telemetry adds (``Telemetry.trigger_fields``: ``trace_id``,
+    ``traceparent`` while traces are on)."""
     data: dict[str, Any] = dict(_text_fields(delivery))
     data["headers"] = dict(delivery.headers)
     data["delivery_count"] = delivery.delivery_count
     body = decode_body(delivery.payload)
     if body is not None:
         data["body"] = body
+    if extra:
+        data.update(extra)
     return data
 
 
-def fill_trigger_struct(delivery: Delivery, target: struct_pb2.Struct) -> None:
+def fill_trigger_struct(
+    delivery: Delivery, target: struct_pb2.Struct, extra: Mapping[str, str] | None = None
+) -> None:
     """The map of :func:`trigger_data`, written straight into ``target``.
 
     What the plugin sends with every TriggerWorkflow: no intermediate dict, string
     fields set directly, JSON objects filled by exact type (:func:`_fill_object`).
-    Kept equal to ``trigger_data`` by tests/unit/test_library.py."""
+    Kept equal to ``trigger_data`` by tests/unit/test_library.py (and, with
+    ``extra``, by tests/unit/test_tracing.py)."""
     fields = target.fields
     for key, text in _text_fields(delivery):
         fields[key].string_value = text
@@ -93,6 +100,9 @@ def fill_trigger_struct(delivery: Delivery, target: struct_pb2.Struct) -> None:
         _fill_object(fields["body"].struct_value, body)
     elif body is not None:
         target.update({"body": body})
+    if extra:
+        for key, text in extra.items():
+            fields[key].string_value = text
 
 
 def _fill_object(target: struct_pb2.Struct, mapping: dict[str, Any]) -> None:
@@ -130,9 +140,10 @@ def decode_body(payload: bytes) -> Any:
         return text
 
 
-def _with_data(handler: DataHandler) -> DeliveryHandler:
+def _with_data(handler: DataHandler, telemetry: Telemetry) -> DeliveryHandler:
     async def deliver(delivery: Delivery) -> None:
-        await handler(trigger_data(delivery))
+        # Inside the handler: the telemetry's handler_started has run for it.
+        await handler(trigger_data(delivery, telemetry.trigger_fields()))
 
     return deliver
 
@@ -214,7 +225,7 @@ class SubscribeTrigger:
         if on_delivery is None:
             if handler is None:
                 raise TypeError("SubscribeTrigger needs handler or on_delivery")
-            on_delivery = _with_data(handler)
+            on_delivery = _with_data(handler, bus.telemetry)
         self._deliver = on_delivery
         self.subscription: Subscription | None = None
 
