@@ -36,9 +36,17 @@ from .._proto import plugin_pb2_grpc as pgrpc
 from ..core import capabilities
 from ..core.config import decode
 from ..core.errors import ConfigError, EventbusError, NotFoundError, RequestError
-from ..core.names import STEP_TYPES, SUBSCRIBE, TRIGGER_TYPES, canonical_module_type
+from ..core.names import (
+    PUBLISH_STEP,
+    STEP_TYPES,
+    SUBSCRIBE,
+    TRIGGER_TYPES,
+    canonical_module_type,
+)
 from ..engine.bus import EventBus
 from ..engine.steps import create_step
+from ..engine.telemetry import OFF
+from ..engine.telemetry.context import pipeline_trace
 from ..engine.trigger import SubscribeTrigger, fill_trigger_struct
 from ..providers import test_doubles_allowed
 from ..providers.base import Delivery
@@ -282,8 +290,13 @@ class PluginService(pgrpc.PluginServiceServicer):
         return ppb.HandleResponse(handle_id=handle)
 
     def _trigger_handler(self, workflow_type: str) -> Callable[[Delivery], Awaitable[None]]:
+        telemetry = self.bus.telemetry
+
         async def handle(delivery: Delivery) -> None:
-            fill = functools.partial(fill_trigger_struct, delivery)
+            # Runs after the subscriber's handler_started: with traces on, the fields
+            # name this run's consumer span (trace_id, traceparent); off, they are {}.
+            extra = telemetry.trigger_fields()
+            fill = functools.partial(fill_trigger_struct, delivery, extra=extra)
             try:
                 await self.callbacks.trigger_workflow(workflow_type, "message", fill)
             except asyncio.CancelledError:
@@ -365,7 +378,12 @@ class PluginService(pgrpc.PluginServiceServicer):
         if request.HasField("typed_input") and request.typed_input.type_url:
             typed_input = unpack(request.typed_input, contract.input, "typed input")
         try:
-            output: Message = await entry.step.execute(typed_input, config=override)
+            call = entry.step.execute(typed_input, config=override)
+            if entry.type == PUBLISH_STEP and self.bus.telemetry is not OFF:
+                carrier = _pipeline_trace(request)
+                if carrier is not None:
+                    call = _continuing(carrier, call)
+            output: Message = await call
         except RequestError as exc:
             if typed_input is None:
                 name = contract.input.DESCRIPTOR.full_name
@@ -457,6 +475,27 @@ async def _stop_all(handles: list[_Handle]) -> None:
             await handle.obj.stop()
         except Exception as exc:
             log.warning("shutdown: stopping %s %r failed: %s", handle.type, handle.name, exc)
+
+
+def _pipeline_trace(request: ppb.ExecuteStepRequest) -> dict[str, str] | None:
+    """The trace context of the pipeline that runs this step: the ``traceparent`` (and
+    ``tracestate``) of its trigger data, which the engine sends in ``current`` (the
+    pipeline's data) and ``trigger_data``."""
+    for data in (request.current, request.trigger_data):
+        fields = data.fields
+        if "traceparent" not in fields or not fields["traceparent"].string_value:
+            continue
+        carrier = {"traceparent": fields["traceparent"].string_value}
+        if "tracestate" in fields and fields["tracestate"].string_value:
+            carrier["tracestate"] = fields["tracestate"].string_value
+        return carrier
+    return None
+
+
+async def _continuing(carrier: dict[str, str], call: Awaitable[M]) -> M:
+    """Run ``call`` with ``carrier`` as the parent of the publishes it makes."""
+    with pipeline_trace(carrier):
+        return await call
 
 
 def _has_config(request: ppb.ExecuteStepRequest) -> bool:
