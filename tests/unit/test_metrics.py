@@ -156,6 +156,30 @@ async def test_pending_gauges_and_broker_up_are_refreshed_from_the_bus(
     assert value(m, "eventbus_consumer_ack_pending", **WORKER) is None
 
 
+async def test_handler_histogram_buckets_hold_their_upper_bound() -> None:
+    m = Metrics()
+    labels = Labels("bus", "ORDERS", "worker")
+    for seconds in (0.0005, 0.0007, 2.0, 400.0):
+        m.handler_finished(m.handler_started(labels, _delivery()), labels, seconds, None)
+    buckets = {
+        le: value(m, "eventbus_handler_seconds_bucket", le=le, **WORKER)
+        for le in ("0.0005", "0.001", "2.5", "300.0", "+Inf")
+    }
+    assert buckets == {"0.0005": 1, "0.001": 2, "2.5": 3, "300.0": 3, "+Inf": 4}
+    assert value(m, "eventbus_handler_seconds_count", **WORKER) == 4
+    assert value(m, "eventbus_handler_seconds_sum", **WORKER) == pytest.approx(402.0012)
+    assert value(m, "eventbus_in_flight", **WORKER) == 0
+    m.close()
+
+
+def _delivery() -> Any:
+    from datetime import UTC, datetime
+
+    from workflow_eventbus.providers.base import Delivery
+
+    return Delivery("ORDERS", "worker", "orders.x", b"", {}, 1, datetime.now(UTC), 1, "t")
+
+
 async def test_broker_state_hook_sets_broker_up() -> None:
     m = Metrics()
     m.broker_state("east", False)
