@@ -89,7 +89,7 @@ def fill_trigger_struct(
     What the plugin sends with every TriggerWorkflow: no intermediate dict, string
     fields set directly, JSON objects filled by exact type (:func:`_fill_object`).
     Kept equal to ``trigger_data`` by tests/unit/test_library.py (and, with
-    ``extra``, by tests/unit/test_tracing.py)."""
+    ``extra``, by tests/unit/test_tracing_config.py)."""
     fields = target.fields
     for key, text in _text_fields(delivery):
         fields[key].string_value = text
