@@ -241,15 +241,16 @@ class Tracing(Telemetry):
             return
         try:
             span = token
+            attributes: dict[str, str | int] = {BROKER: broker}
             system = self._system(broker)
             if system:
-                span.set_attribute(SYSTEM, system)
-            span.set_attribute(BROKER, broker)
+                attributes[SYSTEM] = system
             if stream:
-                span.set_attribute(STREAM, stream)
+                attributes[STREAM] = stream
                 span.update_name(f"publish {stream}")
             if count != 1:
-                span.set_attribute(BATCH_COUNT, count)
+                attributes[BATCH_COUNT] = count
+            span.set_attributes(attributes)
             if error is not None:
                 span.set_status(Status(StatusCode.ERROR, error))
             span.end()
