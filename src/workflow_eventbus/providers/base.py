@@ -12,6 +12,10 @@ Abilities not every provider has are capabilities: a mixin the provider class
 inherits (:class:`HasDeadLetters`, :class:`HasPending`) plus the matching
 :class:`Feature` in its ``features``. Callers ask
 :func:`workflow_eventbus.providers.capabilities.capability` for one.
+
+A provider whose connection can drop and come back says so through
+:meth:`Provider.report_state`; whoever owns the provider (the broker module)
+sets :attr:`Provider.state_listener` to hear about it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar
@@ -30,6 +34,11 @@ from typing import ClassVar
 from .._proto import eventbus_pb2 as pb
 from ..core.deadletter import DEAD_LETTER_STREAM, DeadLetter
 from ..core.defaults import DEFAULT_DEAD_LETTER_LIMIT, MAX_BATCH
+from ..core.errors import redact
+
+StateListener = Callable[[bool, str], None]
+"""Called with ``(up, reason)`` when a provider's connection goes down or comes back;
+``reason`` says why it went down (redacted), empty when it came back."""
 
 
 class AckAction(enum.IntEnum):
@@ -134,6 +143,26 @@ class Provider(abc.ABC):
         self.url = url
         self.broker_name = broker_name
         self.log = logging.getLogger(f"workflow_eventbus.{self.name or 'provider'}")
+        # Told about connection changes (report_state); set by the provider's owner.
+        self.state_listener: StateListener | None = None
+        self._reported_up: bool | None = None  # what report_state last passed on
+
+    def report_state(self, up: bool, reason: str = "") -> None:
+        """The connection went down (``up`` False, with ``reason``) or came back.
+
+        Only changes reach :attr:`state_listener`: a repeat of the last state is
+        dropped. Safe to call from connection callbacks: it never raises (a failing
+        listener is logged) and never awaits."""
+        if up == self._reported_up:
+            return
+        self._reported_up = up
+        listener = self.state_listener
+        if listener is None:
+            return
+        try:
+            listener(up, redact(reason))
+        except Exception:
+            self.log.exception("broker %s: connection state listener failed", self.broker_name)
 
     @abc.abstractmethod
     async def connect(self, timeout: float) -> None:

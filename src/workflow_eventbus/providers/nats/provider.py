@@ -102,6 +102,7 @@ class NatsProvider(Provider, HasPending, HasDeadLetters):
         self._stream_ack_wait: dict[str, float] = {}
         self._connect_failed: asyncio.Future[BaseException] | None = None
         self._connect_error: BaseException | None = None
+        self._last_error: BaseException | None = None  # since the connection last changed
         self._acks = AckConfirmer(lambda: self._nc, self._up, request_timeout)
         self._replies: ReplyMux | None = None
 
@@ -157,6 +158,7 @@ class NatsProvider(Provider, HasPending, HasDeadLetters):
         self._jsm = nc.jsm(timeout=self.request_timeout)
         self._up.set()
         self._acks.start()
+        self.report_state(True)
 
     async def _await_connect(
         self, task: asyncio.Task[None], failed: asyncio.Future[BaseException], timeout: float
@@ -188,18 +190,29 @@ class NatsProvider(Provider, HasPending, HasDeadLetters):
             if is_fatal(exc):
                 failed.set_result(exc)
         elif failed is None:
+            self._last_error = exc
             self.log.warning("nats broker %s: %s", self.broker_name, redact(describe(exc)))
 
+    # nats-py calls these three on its own tasks. ``self._nc`` is None while we
+    # connect and once close() began, so only a connection we hold that drops or
+    # recovers is reported (the owner tells about its own start and stop).
     async def _on_disconnected(self) -> None:
         self._up.clear()
+        if self._nc is not None:
+            last, self._last_error = self._last_error, None
+            self.report_state(False, describe(last) if last else "connection lost")
 
     async def _on_reconnected(self) -> None:
         self._acks.reconnected()
         self._up.set()
-        self.log.info("nats broker %s: reconnected", self.broker_name)
+        self._last_error = None
+        if self._nc is not None:
+            self.report_state(True)
 
     async def _on_closed(self) -> None:
         self._up.clear()
+        if self._nc is not None:  # closed by the client itself: it will not reconnect
+            self.report_state(False, "connection closed by the NATS client")
 
     async def close(self) -> None:
         nc, self._nc = self._nc, None

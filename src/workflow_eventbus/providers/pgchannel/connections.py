@@ -7,10 +7,19 @@ time it was last used, and whether the server answered lately. It opens and
 closes them and maps psycopg and pool errors to the error hierarchy.
 :class:`~.checkout.Checkout` is how a statement gets a connection from it;
 the provider holds one ``Connections`` and nothing else of this state.
+
+``healthy`` is what the provider reports as its connection state: it turns
+False when a checkout or a statement fails because the server is unreachable
+(no pooled connection within the operation timeout, or the connection broke)
+and True again when the next statement completes. Statements come from the
+traffic and from the retention sweep every few seconds, which therefore also
+notices an outage and a recovery of a broker nobody uses. Each change, once
+the pool is open, goes to ``on_state``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -24,21 +33,29 @@ class Connections:
     """Pool, idle connection, health. Fields are read and written by ``Checkout``."""
 
     __slots__ = (
+        "_healthy",
         "check",
         "dsn",
-        "healthy",
         "idle",
         "idle_at",
         "idle_cur",
         "max_size",
         "name",
+        "on_state",
         "op_timeout",
         "pool",
         "where",
     )
 
     def __init__(
-        self, dsn: str, *, where: str, max_size: int, op_timeout: float, name: str
+        self,
+        dsn: str,
+        *,
+        where: str,
+        max_size: int,
+        op_timeout: float,
+        name: str,
+        on_state: Callable[[bool, str], None] | None = None,
     ) -> None:
         self.dsn = dsn
         self.where = where  # names the broker in error messages: eventbus.broker "bus"
@@ -50,11 +67,29 @@ class Connections:
         self.idle: psycopg.AsyncConnection[Any] | None = None  # kept between uses
         self.idle_at = 0.0  # time.monotonic() when ``idle`` was last used
         self.idle_cur: psycopg.AsyncCursor[Any] | None = None  # a cursor of ``idle``
-        self.healthy = False
+        self._healthy = False
+        self.on_state = on_state  # told (up, reason) of each change of ``healthy``
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the server answered the last statement (see the module text)."""
+        return self._healthy
+
+    @healthy.setter
+    def healthy(self, up: bool) -> None:
+        # Set after every checkout: the common case is one comparison.
+        if up is not self._healthy:
+            self._change(up, "")
+
+    def _change(self, up: bool, reason: str) -> None:
+        self._healthy = up
+        # Before open() and from close() there is no connection to lose or regain.
+        if self.pool is not None and self.on_state is not None:
+            self.on_state(up, reason)
 
     @property
     def connected(self) -> bool:
-        return self.pool is not None and self.healthy
+        return self.pool is not None and self._healthy
 
     async def open(self, timeout: float) -> None:
         """Open the pool, waiting at most ``timeout`` seconds for its first connection."""
@@ -89,7 +124,8 @@ class Connections:
 
     def unavailable(self, what: str, exc: BaseException) -> BrokerUnavailableError:
         """The server did not answer ``what``: marks the state unhealthy."""
-        self.healthy = False
+        if self._healthy:
+            self._change(False, f"{what}: {redact(str(exc)) or type(exc).__name__}")
         return BrokerUnavailableError(
             f"{self.where}: pgchannel {what} failed: PostgreSQL at {redact(self.dsn)} is "
             f"unreachable ({redact(str(exc)) or type(exc).__name__}); check dsn and that the "

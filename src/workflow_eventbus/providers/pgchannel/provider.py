@@ -4,8 +4,10 @@ Connections come from one ``AsyncConnectionPool`` of ``max_conns`` (default
 16), held with the rest of the connection state by one :class:`Connections`;
 every checkout is health-checked, so after a server restart dead
 connections are replaced and work resumes. While the server is unreachable
-operations raise :class:`BrokerUnavailableError`. Polling (``poll_interval``,
-default 1 s) is the correctness path; NOTIFY only wakes waiting fetches early.
+operations raise :class:`BrokerUnavailableError` and the provider reports its
+connection down (``report_state``; what counts is in connections.py). Polling
+(``poll_interval``, default 1 s) is the correctness path; NOTIFY only wakes
+waiting fetches early.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ class PgChannelProvider(Provider, HasPending, HasDeadLetters):
             max_size=self.max_conns,
             op_timeout=self.op_timeout,
             name=f"eventbus-{broker_name}",
+            on_state=self.report_state,
         )
         self._notifier: Notifier | None = None
         self._sweeper: asyncio.Task[None] | None = None
