@@ -6,6 +6,7 @@ engines, two tests) never see each other's modules.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -21,6 +22,9 @@ from .modules import BrokerModule, ConsumerModule, Module, StreamModule
 from .telemetry import OFF, Telemetry
 
 ProviderFactory = Callable[[pb.ClusterConfig, str, str], Provider]
+BrokerStateListener = Callable[[str, bool], None]  # (broker module name, up)
+
+log = logging.getLogger("workflow_eventbus.engine.bus")
 
 # The module classes of the library; their config messages are in core.capabilities.
 _MODULE_CLASSES: dict[str, type[Module]] = {
@@ -57,6 +61,7 @@ class EventBus:
         self.streams: dict[str, StreamModule] = {}
         self.consumers: dict[str, ConsumerModule] = {}
         self.modules: list[Module] = []
+        self._broker_listeners: list[BrokerStateListener] = []
 
     def create_module(self, type_name: str, name: str, config: Any) -> Module:
         """Build a module from a Mapping, Struct, JSON text or the typed message."""
@@ -146,6 +151,31 @@ class EventBus:
         """Config of the consumer module whose durable name is ``durable``, or None."""
         module = self.consumer_named(durable)
         return module.config if module is not None else None
+
+    def on_broker_state(self, listener: BrokerStateListener) -> Callable[[], None]:
+        """Call ``listener(broker, up)`` at each connection change of a broker module:
+        started (up), lost, restored, stopped (down, when it was up). Returns the
+        function that removes it. Listeners run in the event loop and must not block."""
+        self._broker_listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._broker_listeners:
+                self._broker_listeners.remove(listener)
+
+        return remove
+
+    def broker_state_changed(self, broker: str, up: bool) -> None:
+        """Called by a broker module: tells telemetry, then the listeners; never raises."""
+        for hook in (self.telemetry.broker_state, *self._broker_listeners):
+            try:
+                hook(broker, up)
+            except Exception:
+                log.exception("broker %s: a connection state listener failed", broker)
+
+    def brokers_down(self) -> list[str]:
+        """The started brokers whose connection is lost now, by name. A broker that is
+        not started, stopped, or running degraded without a URL is not in it."""
+        return sorted(name for name, module in self.brokers.items() if module.link_up is False)
 
     def _broker_names(self) -> str:
         return "[" + ", ".join(sorted(self.brokers)) + "]"

@@ -7,6 +7,11 @@ resolves the URL: config ``dsn``, then ``EVENTBUS_<NAME>_URI``, then
 closes and unregisters. A stream or consumer whose broker (or stream) is
 registered but not started yet starts it first, so module order in the app
 config does not matter.
+
+A started broker follows its provider's connection (``link_up``): a lost or
+restored connection is logged (with ``extra`` fields: ``event`` is
+``broker.lost`` or ``broker.restored``) and passed to the bus
+(``ModuleHost.broker_state_changed``), which tells telemetry and its listeners.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from .._proto import eventbus_pb2 as pb
 from ..core.config import duration_seconds
 from ..core.deadletter import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
 from ..core.defaults import DEFAULT_CONNECT_TIMEOUT
-from ..core.errors import BrokerUnavailableError, ConfigError
+from ..core.errors import BrokerUnavailableError, ConfigError, redact
 from ..core.names import BROKER, CONSUMER, STREAM
 from ..core.validation import validate_consumer, validate_stream
 from ..providers import REGISTRY, broker_url, url_sources, validate_cluster
@@ -44,6 +49,8 @@ class ModuleHost(Protocol):
     consumers: dict[str, ConsumerModule]
 
     def stream_named(self, name: str) -> StreamModule | None: ...
+
+    def broker_state_changed(self, broker: str, up: bool) -> None: ...
 
     async def started_provider(self, ref: str, *, who: str) -> Provider: ...
 
@@ -116,6 +123,9 @@ class BrokerModule(Module):
         self.spec = REGISTRY[config.provider]
         self.url = ""
         self._provider: Provider | None = None
+        # The provider's connection while started: True up, False lost; None when
+        # there is no provider (not started, stopped, or degraded without a URL).
+        self.link_up: bool | None = None
 
     @property
     def provider(self) -> Provider:
@@ -155,11 +165,47 @@ class BrokerModule(Module):
         timeout = duration_seconds(self.config.connect_timeout) or DEFAULT_CONNECT_TIMEOUT
         await runtime.connect(timeout)
         self._provider = runtime
+        runtime.state_listener = self._connection_changed
+        self._set_link(True)
+
+    def _connection_changed(self, up: bool, reason: str) -> None:
+        """The provider's state listener: its connection was lost or came back."""
+        if self._provider is None or up == self.link_up:
+            return
+        fields = {"broker": self.name, "provider": self.spec.name, "url": redact(self.url)}
+        if up:
+            log.info(
+                "%s: connection to %s restored",
+                self,
+                fields["url"],
+                extra={"event": "broker.restored", **fields},
+            )
+        else:
+            log.warning(
+                "%s: connection to %s lost (%s); its operations fail until the provider "
+                "has reconnected, which it keeps trying",
+                self,
+                fields["url"],
+                reason,
+                extra={"event": "broker.lost", "reason": reason, **fields},
+            )
+        self._set_link(up)
+
+    def _set_link(self, up: bool) -> None:
+        self.link_up = up
+        self.bus.broker_state_changed(self.name, up)
 
     async def _stop(self) -> None:
         runtime, self._provider = self._provider, None
-        if runtime is not None:
+        was_up, self.link_up = self.link_up, None
+        if runtime is None:
+            return
+        runtime.state_listener = None  # closing is not a lost connection
+        try:
             await runtime.close()
+        finally:
+            if was_up:
+                self.bus.broker_state_changed(self.name, False)
 
 
 class StreamModule(Module):

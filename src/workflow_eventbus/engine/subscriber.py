@@ -431,6 +431,18 @@ class Subscription:
                 delivery.sequence,
                 subject,
                 delivery.delivery_count,
+                extra={
+                    "event": "message.dead_lettered",
+                    "subscription": self.name,
+                    "broker": self.labels.broker,
+                    "stream": self.stream,
+                    "consumer": self.consumer,
+                    "subject": delivery.subject,
+                    "sequence": delivery.sequence,
+                    "delivery_count": delivery.delivery_count,
+                    "dead_letter_subject": subject,
+                    "error": error[:MAX_ERROR_TEXT],
+                },
             )
         return True
 
