@@ -317,6 +317,15 @@ class PluginService(pgrpc.PluginServiceServicer):
             delivery.subject,
             delivery.sequence,
             delivery.delivery_count,
+            extra={
+                "event": "trigger.pipeline_cut_short",
+                "trigger": workflow_type,
+                "stream": delivery.stream,
+                "consumer": delivery.consumer,
+                "subject": delivery.subject,
+                "sequence": delivery.sequence,
+                "delivery_count": delivery.delivery_count,
+            },
         )
 
     # --- steps ------------------------------------------------------------------
@@ -423,6 +432,14 @@ class PluginService(pgrpc.PluginServiceServicer):
                 subscription.options.drain_timeout,
                 allowed,
                 budget,
+                extra={
+                    "event": "trigger.drain_cut",
+                    "trigger": handle.name,
+                    "stream": subscription.stream,
+                    "consumer": subscription.consumer,
+                    "drain_timeout": subscription.options.drain_timeout,
+                    "allowed": round(allowed, 3),
+                },
             )
         running = subscription.stats.in_flight
         cut_before = self._cut_short[handle.name]
@@ -447,6 +464,15 @@ class PluginService(pgrpc.PluginServiceServicer):
                 took,
                 cut,
                 running,
+                extra={
+                    "event": "trigger.stopped_cut_short",
+                    "trigger": handle.name,
+                    "stream": subscription.stream,
+                    "consumer": subscription.consumer,
+                    "cut_short": cut,
+                    "running": running,
+                    "seconds": round(took, 3),
+                },
             )
         else:
             log.info("%s: drained in %.1fs", handle.name, took)

@@ -7,8 +7,10 @@ Order of events (reference plugin-protocol.md §1.5, §2, §8):
 2. SIGINT is ignored (a terminal Ctrl-C reaches the whole process group and the
    host wants to stop modules itself), SIGTERM stops gracefully;
 3. a grpc.aio server with no receive limit serves PluginService, GRPCBroker,
-   GRPCController, GRPCStdio and health (``plugin`` = SERVING) on a unix socket
-   in a private 0700 directory;
+   GRPCController, GRPCStdio and health (``plugin`` and ``""``: SERVING unless a
+   started broker has lost its connection, see health.py) on a unix socket in a
+   private 0700 directory; records meant for the engine also go to its Log
+   callback once ConfigureCallback connected it (engine_log.py);
 4. only then the handshake line ``1|1|unix|<path>|grpc`` goes to stdout,
    flushed; afterwards fd 1 points at stderr so a stray print cannot block us;
 5. serve until Shutdown, SIGTERM or the death of the parent process, then drain
@@ -39,8 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import _async as health_aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from .._proto import grpc_broker_pb2_grpc as bgrpc
 from .._proto import grpc_controller_pb2_grpc as cgrpc
@@ -49,6 +50,8 @@ from .._proto import plugin_pb2_grpc as pgrpc
 from ..core.errors import ConfigError
 from .broker import BrokerServicer, ConnInfoStore, ControllerServicer, StdioServicer
 from .callbacks.client import CallbackClient
+from .engine_log import EngineLogHandler
+from .health import BusHealth
 
 UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
@@ -173,33 +176,34 @@ class PluginProcess:
         if self.environ.get("PLUGIN_CLIENT_CERT"):
             log.warning("PLUGIN_CLIENT_CERT is set but AutoMTLS is not supported; serving plain")
         service = PluginService(self.callbacks)
+        health = BusHealth(service.bus)
+        engine_log = EngineLogHandler.install(self.callbacks)
         server = grpc.aio.server(options=UNLIMITED)
-        health = self._register(server, service)
+        self._register(server, service, health)
         directory = socket_dir(self.environ)
         path = directory / SOCKET_NAME
         try:
             server.add_insecure_port(f"unix:{path}")
             await server.start()
             _apply_socket_group(path, self.environ)
-            await health.set("plugin", health_pb2.HealthCheckResponse.SERVING)
             _write_handshake(handshake_line(path, version))
             await self._serve(service, server)
         finally:
+            engine_log.uninstall()
+            health.close()
             shutil.rmtree(directory, ignore_errors=True)
         return 0
 
     def _register(
-        self, server: grpc.aio.Server, service: pgrpc.PluginServiceServicer
-    ) -> health_aio.HealthServicer:
+        self, server: grpc.aio.Server, service: pgrpc.PluginServiceServicer, health: BusHealth
+    ) -> None:
         pgrpc.add_PluginServiceServicer_to_server(service, server)
         bgrpc.add_GRPCBrokerServicer_to_server(BrokerServicer(self.store, self.stopping), server)
         cgrpc.add_GRPCControllerServicer_to_server(
             ControllerServicer(self.shutdown_requested), server
         )
         sgrpc.add_GRPCStdioServicer_to_server(StdioServicer(self.stopping), server)
-        health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        return health
 
     async def _serve(self, service: object, server: grpc.aio.Server) -> None:
         loop = asyncio.get_running_loop()
