@@ -2,13 +2,16 @@
 
 ``TriggerWorkflow`` hands each call to a pluggable async handler that returns
 an error text ('' = the workflow succeeded), exactly how the engine reports
-pipeline failures (in-band, status OK). The other methods answer like
-``cmd/server`` does: GetService finds nothing, Publish/Subscribe are not wired.
+pipeline failures (in-band, status OK). ``Log`` calls are kept in ``logs`` (the
+newest 1000) and logged, as ``cmd/server`` prints them. The other methods
+answer like ``cmd/server`` does: GetService finds nothing, Publish/Subscribe
+are not wired.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +31,15 @@ class TriggerCall:
     trigger_type: str
     action: str
     data: dict[str, Any]
+
+
+@dataclass(slots=True)
+class LogEntry:
+    """One ``Log`` call of the plugin: level, message and the fields as a dict."""
+
+    level: str
+    message: str
+    fields: dict[str, Any]
 
 
 TriggerHandler = Callable[[TriggerCall], Awaitable[str]]
@@ -61,7 +73,9 @@ class EngineCallbacks(pgrpc.EngineCallbackServiceServicer):
         return ppb.GetServiceResponse(found=False)
 
     async def Log(self, request: ppb.LogRequest, context: Ctx) -> empty_pb2.Empty:  # noqa: N802
-        log.info("[plugin][%s] %s", request.level, request.message)
+        entry = LogEntry(request.level, request.message, json_format.MessageToDict(request.fields))
+        self._owner.logs.append(entry)
+        log.info("[plugin][%s] %s %s", entry.level, entry.message, entry.fields)
         return empty_pb2.Empty()
 
     async def PublishMessage(  # noqa: N802
@@ -90,6 +104,7 @@ class CallbackServer:
         self._service = service
         self.address = ""
         self.calls = 0
+        self.logs: deque[LogEntry] = deque(maxlen=1000)
         self._server: grpc.aio.Server | None = None
 
     async def start(self, path: str) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2, json_format
 from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ..._proto import grpc_broker_pb2 as bpb
 from ..._proto import grpc_broker_pb2_grpc as bgrpc
@@ -226,6 +227,15 @@ class PluginHost(Service):
     async def registry(self) -> ppb.ContractRegistry:
         result: ppb.ContractRegistry = await self.call("GetContractRegistry", empty_pb2.Empty())
         return result
+
+    async def health(self, service: str = "plugin") -> str:
+        """``grpc.health.v1.Health/Check`` as go-plugin's Ping asks it: the status
+        name (``SERVING``, ``NOT_SERVING``); an RPC error raises."""
+        assert self.channel is not None, "start() first"
+        answer = await health_pb2_grpc.HealthStub(self.channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=5
+        )
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
 
     async def configure_callback(self, broker_id: int = CALLBACK_BROKER_ID) -> None:
         answer = await self.call(
