@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core import Outcome, Scenario, table, write_json
 from .env import BenchEnv
+from .metrics_paths import MetricsPaths
 from .nats_paths import NatsPaths
 from .plugin_paths import PluginPaths
 
@@ -24,6 +26,8 @@ class Group:
 
     name: str
     members: list[Scenario] = field(default_factory=list)
+    # What only this group's scenarios use (processes), entered around its rounds.
+    needs: Callable[[], contextlib.AbstractAsyncContextManager[None]] | None = None
 
 
 @dataclass(slots=True)
@@ -52,7 +56,7 @@ class Settings:
 
 
 def nats_groups(env: BenchEnv) -> list[Group]:
-    raw, plug = NatsPaths(env), PluginPaths(env)
+    raw, plug, metered = NatsPaths(env), PluginPaths(env), MetricsPaths(env)
     return [
         Group(
             "publish",
@@ -141,13 +145,16 @@ def nats_groups(env: BenchEnv) -> list[Group]:
                 ),
             ],
         ),
+        Group("metrics", metered.scenarios(), metered.running),
     ]
 
 
 async def run_groups(groups: Sequence[Group], settings: Settings) -> list[Outcome]:
     outcomes: list[Outcome] = []
     for group in groups:
-        outcomes.extend(await run_group(group, settings))
+        needs = group.needs() if group.needs is not None else contextlib.nullcontext()
+        async with needs:
+            outcomes.extend(await run_group(group, settings))
     return outcomes
 
 
