@@ -134,7 +134,7 @@ async def test_in_progress_signals_are_counted(metered: tuple[EventBus, Metrics]
     assert value(m, "eventbus_acked_total", **WORKER) == 1
 
 
-async def test_pending_gauges_and_broker_up_are_refreshed_from_the_bus(
+async def test_pending_gauges_follow_the_consumer_and_broker_up_the_broker(
     metered: tuple[EventBus, Metrics],
 ) -> None:
     bus, m = metered
@@ -187,6 +187,29 @@ async def test_broker_state_hook_sets_broker_up() -> None:
     m.broker_state("east", True)
     assert value(m, "eventbus_broker_up", broker="east") == 1
     m.close()
+
+
+class _Provider:
+    connected = True
+
+
+class _Broker:
+    provider = _Provider()
+
+
+class _Bus:
+    brokers = {"quiet": _Broker(), "told": _Broker()}
+    consumers: dict[str, Any] = {}
+
+
+async def test_a_broker_that_never_reports_its_state_is_asked_at_refresh() -> None:
+    m = Metrics(refresh_interval=3600)
+    m.attach(_Bus())
+    m.broker_state("told", False)  # reported: the refresh leaves it alone
+    await m.refresh()
+    assert value(m, "eventbus_broker_up", broker="quiet") == 1
+    assert value(m, "eventbus_broker_up", broker="told") == 0
+    await m.aclose()
 
 
 async def test_every_series_is_exported_and_labels_never_carry_subjects(

@@ -15,12 +15,15 @@ Where the work happens:
   the registry. Through prometheus_client's labelled children an event cost ~3 us,
   this way ~0.5 us;
 * ``/metrics`` (``serve``): a thread of its own, see metrics_http.py;
-* consumer pending counts (``eventbus_consumer_pending``/``_ack_pending``) and
-  ``eventbus_broker_up``: an asyncio task on the bus's loop refreshes them every
-  ``refresh_interval`` seconds (each broker call bounded by ``REFRESH_TIMEOUT``),
-  from the providers' optional pending capability (``HasPending``) and the
-  providers' ``connected``. A scrape reads the last values and never waits for a
-  broker. A consumer whose count cannot be read loses its gauges until it can be.
+* ``eventbus_broker_up``: set by ``broker_state()`` as each broker module reports
+  its connection (started, lost, restored, stopped);
+* consumer pending counts (``eventbus_consumer_pending``/``_ack_pending``): an
+  asyncio task on the bus's loop refreshes them every ``refresh_interval`` seconds
+  (each broker call bounded by ``REFRESH_TIMEOUT``) from the providers' optional
+  pending capability (``HasPending``); it also sets ``eventbus_broker_up`` from the
+  provider's ``connected`` for a broker that never reported its state. A scrape
+  reads the last values and never waits for a broker. A consumer whose count cannot
+  be read loses its gauges until it can be.
 
 ``close()`` stops the HTTP server, joins its thread and cancels the refresh task;
 the hook interface's ``close()`` is synchronous, so ``aclose()`` does the same and
@@ -262,6 +265,7 @@ class Metrics(Telemetry):
         self.broker_up = gauge("eventbus_broker_up")
         self._watched: set[Labels] = set()  # consumers whose pending gauges exist
         self._failing: set[Labels] = set()
+        self._reported: set[str] = set()  # brokers whose state broker_state() told
         self._bus: EventBus | None = None
         self._want_refresh = False  # attached, refresh task not started yet
         self._refresher: asyncio.Task[None] | None = None
@@ -357,6 +361,7 @@ class Metrics(Telemetry):
 
     # -- brokers --------------------------------------------------------------------
     def broker_state(self, broker: str, up: bool) -> None:
+        self._reported.add(broker)  # the refresh leaves this broker's gauge alone now
         self.broker_up.labels(broker).set(1 if up else 0)
 
     # -- the refresh task -----------------------------------------------------------
@@ -388,7 +393,8 @@ class Metrics(Telemetry):
             return
         try:
             for name, module in list(bus.brokers.items()):
-                self.broker_up.labels(name).set(1 if _connected(module) else 0)
+                if name not in self._reported:  # no broker_state() for it: ask the provider
+                    self.broker_up.labels(name).set(1 if _connected(module) else 0)
             watched = self._consumers_to_watch(bus)
             results = await asyncio.gather(*(self._count(bus, labels) for labels in watched))
             for labels, counts in zip(watched, results, strict=True):
