@@ -324,8 +324,28 @@ async def test_serves_prometheus_text_on_metrics_and_stops_on_close() -> None:
 
 
 async def test_aclose_awaits_the_refresh_task(metered: tuple[EventBus, Metrics]) -> None:
-    _, m = metered
+    bus, m = metered
     task = m._refresher
     assert task is not None and not task.done()
+    m.attach(bus)  # attached again: still the one task
+    assert m._refresher is task
     await m.aclose()
     assert task.done()
+    m.attach(bus)  # closed: no task starts again
+    assert m._refresher is None
+
+
+def test_a_bus_built_outside_a_loop_starts_the_refresh_with_its_first_event() -> None:
+    m = Metrics(refresh_interval=3600)
+    bus = EventBus(environ={}, test_doubles=True, telemetry=m)
+    assert m._refresher is None  # no running loop yet
+    labels = Labels("bus", "ORDERS", "worker")
+
+    async def first_event() -> bool:
+        m.delivered(labels, _delivery())
+        started = m._refresher is not None
+        await m.aclose()
+        return started
+
+    assert asyncio.run(first_event())
+    assert bus.telemetry is m

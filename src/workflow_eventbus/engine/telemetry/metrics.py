@@ -370,10 +370,13 @@ class Metrics(Telemetry):
         report. The refresh task starts now when a loop is running, else on the first
         publish or delivery (a library bus may be built before its loop runs)."""
         self._bus = bus
-        self._want_refresh = not self._closed
-        self._start_refresh()
+        self._want_refresh = not self._closed and self._refresher is None
+        if self._want_refresh:
+            self._start_refresh()
 
     def _start_refresh(self) -> None:
+        """One refresh task per Metrics (on the loop of the first event); it reads
+        ``self._bus`` each round, so a later attach needs no second one."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
