@@ -12,8 +12,8 @@ Where the work happens:
 * hooks (the hot paths, on the event loop): plain numbers on one object per
   :class:`Labels` (found by identity first: a subscription passes the same Labels
   every time); a collector turns them into metric families when a scrape collects
-  the registry. Through prometheus_client's labelled children an event cost ~3 us,
-  this way ~0.5 us;
+  the registry. A consumed message's four hooks cost ~3 us more than with telemetry
+  off through prometheus_client's labelled children, ~0.5 us this way;
 * ``/metrics`` (``serve``): a thread of its own, see metrics_http.py;
 * ``eventbus_broker_up``: set by ``broker_state()`` as each broker module reports
   its connection (started, lost, restored, stopped);
