@@ -487,7 +487,7 @@ class PluginService(pgrpc.PluginServiceServicer):
         except TimeoutError:
             log.warning("shutdown: modules did not stop within %.1fs", timeout)
         await self.callbacks.close()
-        self.bus.telemetry.close()
+        await self.bus.telemetry.aclose()
 
 
 async def _init(handle: _Handle) -> None:

@@ -82,7 +82,13 @@ class Telemetry:
         """A broker connection came up or went down."""
 
     def close(self) -> None:
-        """Flush and release (exporters, listeners); idempotent."""
+        """Flush and release (exporters, listeners); idempotent. May block: owners
+        inside an event loop await :meth:`aclose` instead."""
+
+    async def aclose(self) -> None:
+        """:meth:`close` without holding up the event loop, and wait for what the
+        telemetry runs on it (refresh tasks) to end."""
+        self.close()
 
 
 OFF = Telemetry()
@@ -143,6 +149,10 @@ class Fanout(Telemetry):
     def close(self) -> None:
         for part in self.parts:
             part.close()
+
+    async def aclose(self) -> None:
+        for part in self.parts:
+            await part.aclose()
 
 
 def combine(parts: Sequence[Telemetry | None]) -> Telemetry:

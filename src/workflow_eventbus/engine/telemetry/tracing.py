@@ -21,6 +21,7 @@ otherwise nothing is built and the SDK and the exporter are never imported.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -340,6 +341,10 @@ class Tracing(Telemetry):
         level = logging.DEBUG if hook in self._faults else logging.WARNING
         self._faults.add(hook)
         log.log(level, "traces: %s failed: %s: %s", hook, type(exc).__name__, exc)
+
+    async def aclose(self) -> None:
+        """:meth:`close` in a worker thread, so a slow collector holds up no message."""
+        await asyncio.to_thread(self.close)
 
     def close(self) -> None:
         """Export what is queued and shut the provider down (idempotent). Blocks until
