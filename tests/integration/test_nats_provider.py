@@ -36,6 +36,8 @@ def test_name_and_features() -> None:
         Feature.PERSISTENT,
         Feature.DEAD_LETTERS,
         Feature.PENDING,
+        Feature.STATUS,
+        Feature.EPHEMERAL_CONSUMERS,
     }
 
 

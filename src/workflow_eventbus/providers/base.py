@@ -59,6 +59,8 @@ class Feature(enum.Enum):
     PERSISTENT = "persistent"  # messages survive the provider process
     DEAD_LETTERS = "dead_letters"  # HasDeadLetters: list and remove dead letters
     PENDING = "pending"  # HasPending: undelivered / unacknowledged counts
+    STATUS = "status"  # HasStatus: streams and consumers with their counts
+    EPHEMERAL_CONSUMERS = "ephemeral_consumers"  # HasEphemeralConsumers: temporary readers
 
 
 @dataclass(slots=True)
@@ -288,4 +290,92 @@ class HasPending(ProviderCapability):
         Raises NotFoundError when the stream or consumer does not exist."""
 
 
-CAPABILITIES: tuple[type[ProviderCapability], ...] = (HasDeadLetters, HasPending)
+@dataclass(frozen=True, slots=True)
+class StreamStatus:
+    """One stream as the broker reports it now (``status``)."""
+
+    name: str
+    subjects: tuple[str, ...]
+    retention: str  # "limits", "interest" or "workqueue"
+    messages: int  # stored now
+    bytes: int  # payload and subject bytes stored (the broker's own measure)
+    first_sequence: int  # 0 when empty
+    last_sequence: int  # JetStream: the newest ever assigned; pgchannel: the newest stored
+    consumers: int
+    last_published: datetime | None  # when the newest stored message was published
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerStatus:
+    """One consumer of a stream as the broker reports it now (``status``)."""
+
+    stream: str
+    name: str
+    filter_subject: str  # "" = every subject of the stream
+    pending: int  # matching messages not delivered yet
+    ack_pending: int  # delivered, not acknowledged yet
+    redelivered: int  # of those, delivered more than once
+    last_active: datetime | None  # the last delivery or acknowledgement the broker knows of
+
+
+class HasStatus(ProviderCapability):
+    """The provider can report every stream and consumer with its counts."""
+
+    feature = Feature.STATUS
+    summary = "reporting streams and consumers with their counts (status)"
+
+    @abc.abstractmethod
+    async def stream_status(self) -> list[StreamStatus]:
+        """Every stream on the broker, by name."""
+
+    @abc.abstractmethod
+    async def consumer_status(self, stream: str) -> list[ConsumerStatus]:
+        """Every consumer of ``stream``, by name; NotFoundError when the stream is missing."""
+
+
+EPHEMERAL_PREFIX = "eventbus_ephemeral_"
+"""Names of ephemeral consumers start with this (then 16 hex digits)."""
+
+
+class HasEphemeralConsumers(ProviderCapability):
+    """The provider can make a temporary consumer that is removed after use.
+
+    The consumer is read like a durable one (``fetch``, ``settle``) by its
+    returned name. Whoever creates it deletes it; should that never happen (the
+    process was killed), the broker or the next creation removes it once it was
+    idle for ``idle`` seconds, see each provider's docs."""
+
+    feature = Feature.EPHEMERAL_CONSUMERS
+    summary = "temporary consumers that are removed after use (tail)"
+
+    @abc.abstractmethod
+    async def create_ephemeral(
+        self,
+        stream: str,
+        filter_subject: str,
+        *,
+        idle: float,
+        from_start: bool = False,
+        last: int = 0,
+    ) -> str:
+        """A new consumer of ``stream`` for ``filter_subject`` ("" = all); its name.
+
+        It delivers what is published from now on; with ``from_start`` every stored
+        message first, with ``last`` > 0 the newest ``last`` stored matching ones.
+        Refuses a work-queue stream (a reader there would take messages away)."""
+
+    @abc.abstractmethod
+    async def keep_ephemeral(self, stream: str, name: str) -> None:
+        """Tell the broker the consumer is still in use (call at least every ``idle``/2)."""
+
+    @abc.abstractmethod
+    async def delete_ephemeral(self, stream: str, name: str) -> None:
+        """Remove the consumer and what it holds; idempotent."""
+
+
+CAPABILITIES: tuple[type[ProviderCapability], ...] = (
+    HasDeadLetters,
+    HasPending,
+    HasStatus,
+    HasEphemeralConsumers,
+)

@@ -15,7 +15,14 @@ from __future__ import annotations
 from ..core.errors import ConfigError
 from ..core.names import BROKER
 from . import REGISTRY
-from .base import HasDeadLetters, HasPending, Provider, ProviderCapability
+from .base import (
+    HasDeadLetters,
+    HasEphemeralConsumers,
+    HasPending,
+    HasStatus,
+    Provider,
+    ProviderCapability,
+)
 
 
 def require_dead_letters(provider: Provider) -> HasDeadLetters:
@@ -28,6 +35,18 @@ def require_pending(provider: Provider) -> HasPending:
     if isinstance(provider, HasPending):
         return provider
     raise missing(provider, HasPending)
+
+
+def require_status(provider: Provider) -> HasStatus:
+    if isinstance(provider, HasStatus):
+        return provider
+    raise missing(provider, HasStatus)
+
+
+def require_ephemeral(provider: Provider) -> HasEphemeralConsumers:
+    if isinstance(provider, HasEphemeralConsumers):
+        return provider
+    raise missing(provider, HasEphemeralConsumers)
 
 
 def missing(provider: Provider, kind: type[ProviderCapability]) -> ConfigError:

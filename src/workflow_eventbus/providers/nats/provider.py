@@ -40,6 +40,7 @@ from ..base import (
 from . import mapping
 from .acks import AckConfirmer
 from .dead_letters import NatsDeadLetters
+from .ephemeral import NatsEphemeral
 from .errors import (
     CONSUMER_NOT_FOUND,
     STREAM_NOT_FOUND,
@@ -55,6 +56,7 @@ from .errors import (
 from .options import PING_INTERVAL, RECONNECT_WAIT, auth_options
 from .pull import PullInbox
 from .replies import ReplyMux
+from .status import NatsStatus
 from .wire import ack_body, check_token, delivery, header_size
 
 REQUEST_TIMEOUT = 5.0  # JetStream API and publish acknowledgement
@@ -70,7 +72,7 @@ class _Pull:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-class NatsProvider(Provider, HasPending, HasDeadLetters):
+class NatsProvider(Provider, HasPending, HasDeadLetters, NatsStatus, NatsEphemeral):
     name = "nats"
     features = frozenset(
         {
@@ -80,6 +82,8 @@ class NatsProvider(Provider, HasPending, HasDeadLetters):
             Feature.PERSISTENT,
             Feature.DEAD_LETTERS,
             Feature.PENDING,
+            Feature.STATUS,
+            Feature.EPHEMERAL_CONSUMERS,
         }
     )
 

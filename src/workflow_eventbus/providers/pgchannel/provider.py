@@ -61,11 +61,13 @@ from .checkout import Checkout
 from .claim import claim
 from .connections import Connections
 from .dead_letters import PgDeadLetters
+from .ephemeral import PgEphemeral
 from .listener import Notifier, channel_name
 from .locks import publish_lock_key
 from .migrations import applied_versions, latest_version, migrate_up
 from .retention import sweep
 from .rules import validate_pg_stream_name
+from .status import PgStatus
 from .subjects import filter_regex, patterns_overlap
 
 STREAM_CACHE_TTL = 5.0
@@ -81,7 +83,7 @@ class _StreamInfo:
     channel: str
 
 
-class PgChannelProvider(Provider, HasPending, HasDeadLetters):
+class PgChannelProvider(Provider, HasPending, HasDeadLetters, PgStatus, PgEphemeral):
     name = "pgchannel"
     features = frozenset(
         {
@@ -91,6 +93,8 @@ class PgChannelProvider(Provider, HasPending, HasDeadLetters):
             Feature.PERSISTENT,
             Feature.DEAD_LETTERS,
             Feature.PENDING,
+            Feature.STATUS,
+            Feature.EPHEMERAL_CONSUMERS,
         }
     )
     sweep_interval = 5.0
