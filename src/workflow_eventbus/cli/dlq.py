@@ -12,23 +12,14 @@ config (``--config app.yaml [--broker NAME]``; the URL then comes from its dsn,
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
-from .._proto import eventbus_pb2 as pb
-from ..core.config import decode
 from ..core.deadletter import DEAD_LETTER_STREAM, DeadLetter
 from ..core.defaults import DEFAULT_DEAD_LETTER_LIMIT
-from ..core.errors import ConfigError, EventbusError
-from ..core.names import canonical_module_type
-from ..engine.bus import EventBus
 from ..engine.dlq import open_store, replay
-from ..providers import provider_for_url, runtime_names, spec_for
-
-BROKER_TYPE = "eventbus.broker"
+from ._connect import connected, connection_args, run_command
 
 
 def add_parser(sub: Any) -> None:
@@ -44,7 +35,7 @@ def add_parser(sub: Any) -> None:
         ("replay", "republish dead letters to their original subject, then remove them"),
     ):
         action = actions.add_parser(name, help=text, description=text)
-        _connection_args(action)
+        connection_args(action)
         action.add_argument("--stream", default="", help="only letters from this source stream")
         action.add_argument("--consumer", default="", help="only letters of this consumer")
         action.add_argument(
@@ -70,90 +61,15 @@ def add_parser(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _connection_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default="", help="nats://... or postgresql://...")
-    parser.add_argument("--dsn", default="", help="alias of --url")
-    parser.add_argument("--provider", choices=runtime_names(), default="")
-    parser.add_argument("--schema", default="", help="pgchannel schema")
-    parser.add_argument("--config", default="", help="an app config with an eventbus.broker")
-    parser.add_argument("--broker", default="", help="which eventbus.broker of --config")
-
-
 def run(ns: argparse.Namespace) -> int:
     if not getattr(ns, "dlq_command", None):
         print("usage: workflow-plugin-eventbus dlq {list,replay} [options]", file=sys.stderr)
         return 2
-    try:
-        return asyncio.run(_run(ns))
-    except EventbusError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
-
-def cluster_from_args(ns: argparse.Namespace) -> tuple[str, pb.ClusterConfig]:
-    """(broker name, its ClusterConfig) from the flags or the app config."""
-    url = ns.url or ns.dsn
-    if ns.config:
-        name, cluster = _from_app_config(Path(ns.config), ns.broker)
-        if url:
-            cluster.dsn = url
-    else:
-        if not url:
-            raise ConfigError(
-                "--url",
-                "is required without --config",
-                fix="pass --url nats://host:4222, --dsn postgresql://... or --config app.yaml",
-            )
-        name, cluster = "dlq", pb.ClusterConfig(dsn=url)
-    if ns.provider:
-        cluster.provider = ns.provider
-    spec = spec_for(cluster.provider) if cluster.provider else provider_for_url(cluster.dsn)
-    spec.fill_defaults(cluster)  # where the server runs: declared only
-    if ns.schema:
-        cluster.schema = ns.schema
-    return name, cluster
-
-
-def _from_app_config(path: Path, wanted: str) -> tuple[str, pb.ClusterConfig]:
-    import yaml
-
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(
-            "--config", f"cannot read the app config: {exc}", value=str(path)
-        ) from exc
-    modules = document.get("modules") if isinstance(document, dict) else None
-    brokers = [
-        m
-        for m in modules or []
-        if isinstance(m, dict) and canonical_module_type(str(m.get("type", ""))) == BROKER_TYPE
-    ]
-    if wanted:
-        brokers = [m for m in brokers if m.get("name") == wanted]
-    if len(brokers) != 1:
-        found = "none" if not brokers else ", ".join(str(m.get("name")) for m in brokers)
-        raise ConfigError(
-            "--broker",
-            f"{path} must have exactly one matching eventbus.broker module (found: {found})",
-            value=wanted or None,
-            fix="pass --broker NAME",
-        )
-    module = brokers[0]
-    name = str(module.get("name") or "bus")
-    cluster = decode(
-        pb.ClusterConfig, module.get("config") or {}, setting=f'{BROKER_TYPE} "{name}"'
-    )
-    return name, cluster
+    return run_command(_run(ns))
 
 
 async def _run(ns: argparse.Namespace) -> int:
-    name, cluster = cluster_from_args(ns)
-    bus = EventBus()
-    broker = bus.create_module(BROKER_TYPE, name, cluster)
-    try:
-        await broker.start()
-        provider = bus.provider(name)
+    async with connected(ns, default_name="dlq") as provider:
         store = await open_store(provider, ns.dlq_stream)
         try:
             letters = await store.list(stream=ns.stream, consumer=ns.consumer, limit=ns.limit)
@@ -165,8 +81,6 @@ async def _run(ns: argparse.Namespace) -> int:
             return _report_replay(await replay(provider, store, letters), as_json=ns.json)
         finally:
             await store.close()
-    finally:
-        await bus.close()
 
 
 def _print_letters(letters: list[DeadLetter], *, as_json: bool) -> None:
