@@ -15,10 +15,10 @@ import sys
 from collections.abc import Sequence
 
 from .._version import __version__
-from . import bench, demo, dlq, install, manifest, migrate, serve
+from . import bench, demo, dlq, install, manifest, migrate, serve, validate
 
 # Each module provides add_parser(subparsers); the parser it adds sets `func`.
-COMMANDS = (serve, install, manifest, demo, migrate, bench, dlq)
+COMMANDS = (serve, install, manifest, demo, migrate, bench, dlq, validate)
 
 
 def build_parser() -> argparse.ArgumentParser:
