@@ -15,10 +15,10 @@ import sys
 from collections.abc import Sequence
 
 from .._version import __version__
-from . import bench, demo, dlq, install, manifest, migrate, serve, validate
+from . import bench, demo, dlq, install, manifest, migrate, publish, serve, status, tail, validate
 
 # Each module provides add_parser(subparsers); the parser it adds sets `func`.
-COMMANDS = (serve, install, manifest, demo, migrate, bench, dlq, validate)
+COMMANDS = (serve, install, manifest, demo, migrate, bench, dlq, validate, status, publish, tail)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,6 +37,7 @@ DEFAULT_CONSUME_MAX_WAIT = 5.0  # s; step.eventbus.consume max_wait (the Go clie
 
 # --- dead letters (dlq list) ---------------------------------------------------------
 DEFAULT_DEAD_LETTER_LIMIT = 100  # letters per list; --limit >= 0
+DEFAULT_DEAD_LETTER_COUNT = 10_000  # letters `status` counts at most; --dead-letter-limit
 
 # --- IaC declarations ----------------------------------------------------------------
 DEFAULT_NATS_VERSION = "2.10"  # image tag of a declared NATS server; "latest" is refused
