@@ -23,11 +23,11 @@ import json
 import sys
 from typing import Any
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, EventbusError
 from ..core.subjects import subject_matches, validate_subject
 from ..providers.base import AckAction, Delivery, HasEphemeralConsumers, Provider, rfc3339
 from ..providers.capabilities import require_ephemeral, require_status
-from ._connect import connected, connection_args, run_command
+from ._connect import connected, connection_args, error_line, run_command
 
 IDLE = 30.0  # seconds a consumer left behind by a killed tail survives
 KEEP_EVERY = IDLE / 3
@@ -81,8 +81,20 @@ async def _run(ns: argparse.Namespace) -> int:
             )
             await _follow(provider, readers, stream, name, ns)
         finally:
-            await readers.delete_ephemeral(stream, name)
+            await _remove(readers, stream, name)
     return 0
+
+
+async def _remove(readers: HasEphemeralConsumers, stream: str, name: str) -> None:
+    """Delete the consumer; when that fails, say so without hiding why the tail ended."""
+    try:
+        await readers.delete_ephemeral(stream, name)
+    except EventbusError as exc:
+        print(
+            f"warning: consumer {name} of stream {stream} was not removed ({error_line(exc)}); "
+            f"the broker (nats) or the next tail (pgchannel) removes it after {IDLE:g}s idle",
+            file=sys.stderr,
+        )
 
 
 async def stream_for(provider: Provider, subject: str) -> str:
