@@ -821,6 +821,7 @@ class AckRequest(_message.Message):
     ACK_TOKENS_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     DELAY_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
     ack_token: _builtins.str
     broker_ref: _builtins.str
     action: Global___AckAction.ValueType
@@ -830,6 +831,13 @@ class AckRequest(_message.Message):
 
     @_builtins.property
     def delay(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
+        """The consume step's output shape: the ack_token of each message is settled. The
+        engine fills it from the pipeline's current data, where a step.eventbus.consume
+        before this step left its messages; used when the step config names no token.
+        """
+
     def __init__(
         self,
         *,
@@ -838,10 +846,11 @@ class AckRequest(_message.Message):
         ack_tokens: _abc.Iterable[_builtins.str] | None = ...,
         action: Global___AckAction.ValueType = ...,
         delay: _duration_pb2.Duration | None = ...,
+        messages: _abc.Iterable[Global___Message] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_token", b"ack_token", "ack_tokens", b"ack_tokens", "action", b"action", "broker_ref", b"broker_ref", "delay", b"delay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_token", b"ack_token", "ack_tokens", b"ack_tokens", "action", b"action", "broker_ref", b"broker_ref", "delay", b"delay", "messages", b"messages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

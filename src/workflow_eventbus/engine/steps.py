@@ -207,14 +207,16 @@ class AckStep(Step[pb.AckStepConfig, pb.AckRequest, pb.AckResponse]):
     type_name = ACK_STEP
 
     async def _run(self, cfg: pb.AckStepConfig, req: pb.AckRequest) -> pb.AckResponse:
-        tokens = [t for t in [cfg.ack_token, *cfg.ack_tokens] if t]
-        if not tokens:
-            tokens = [t for t in [req.ack_token, *req.ack_tokens] if t]
+        tokens = _ack_tokens(cfg, req)
         if not tokens:
             raise RequestError(
                 self._where("ack_token"),
                 "is required",
-                fix="pass the ack_token of a consumed message (or ack_tokens for many)",
+                fix=(
+                    "pass the ack_token of a consumed message (or ack_tokens for many), "
+                    "or run a step.eventbus.consume before this step (its messages are "
+                    "settled); skip the step with if: when the consume found nothing"
+                ),
             )
         _check_batch(len(tokens), self._where("ack_tokens"))
         action = AckAction(cfg.action or req.action or pb.ACK_ACTION_ACK)
@@ -223,6 +225,21 @@ class AckStep(Step[pb.AckStepConfig, pb.AckRequest, pb.AckResponse]):
         await provider.settle(tokens, action, delay)
         await provider.confirm()  # the step answers once the broker has the acks
         return pb.AckResponse(count=len(tokens))
+
+
+def _ack_tokens(cfg: pb.AckStepConfig, req: pb.AckRequest) -> list[str]:
+    """The tokens to settle: the config's; else the input's ``messages`` (what a consume
+    step left in the pipeline's data); else the input's ``ack_token``/``ack_tokens``.
+
+    ``messages`` comes before the input's own token: in a trigger pipeline that token is
+    the triggering message's, which the trigger settles itself after the pipeline.
+    """
+    tokens = [t for t in [cfg.ack_token, *cfg.ack_tokens] if t]
+    if not tokens:
+        tokens = [m.ack_token for m in req.messages if m.ack_token]
+    if not tokens:
+        tokens = [t for t in [req.ack_token, *req.ack_tokens] if t]
+    return tokens
 
 
 STEP_CLASSES: dict[str, type[Step[Any, Any, Any]]] = {
