@@ -16,15 +16,21 @@ import stat
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
-import pytest_asyncio
-from google.protobuf import descriptor_pool, empty_pb2, struct_pb2
-from nats.js.api import AckPolicy, DeliverPolicy
+from google.protobuf import descriptor_pool, empty_pb2
+from plugin_process_helpers import (
+    Recorder,
+    bus,
+    consumer_info,
+    host,
+    make_consumer,
+    recorder,
+    wait_for,
+)
 
 from workflow_eventbus import __version__
 from workflow_eventbus._proto import eventbus_pb2 as pb
@@ -33,84 +39,7 @@ from workflow_eventbus.devservers.host import PluginError, PluginHost, TriggerCa
 from workflow_eventbus.plugin import contracts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-async def wait_for(check: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
-        await asyncio.sleep(0.02)
-
-
-class Recorder:
-    """TriggerWorkflow handler: records calls; can fail chosen deliveries."""
-
-    def __init__(self) -> None:
-        self.calls: list[TriggerCall] = []
-        self.fail: Callable[[TriggerCall], str] = lambda call: ""
-        self.hook: Callable[[TriggerCall], Any] | None = None
-
-    async def __call__(self, call: TriggerCall) -> str:
-        self.calls.append(call)
-        if self.hook is not None:
-            await self.hook(call)
-        return self.fail(call)
-
-    def for_workflow(self, workflow_type: str) -> list[TriggerCall]:
-        return [c for c in self.calls if c.trigger_type == workflow_type]
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def recorder() -> Recorder:
-    return Recorder()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def host(recorder: Recorder) -> AsyncIterator[PluginHost]:
-    async with PluginHost(on_trigger=recorder) as plugin_host:
-        yield plugin_host
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def bus(host: PluginHost, nats_url: str) -> dict[str, str]:
-    """Broker "bus" and stream PLUGIN_IT (subjects it.>) created over gRPC, typed configs."""
-    broker = await host.create_module(
-        "eventbus.broker",
-        "bus",
-        typed=pb.ClusterConfig(provider="nats", deploy_target="self_hosted", dsn=nats_url),
-    )
-    stream = await host.create_module(
-        "eventbus.stream",
-        "it-stream",
-        typed=pb.StreamConfig(name="PLUGIN_IT", subjects=["it.>"], broker_ref="bus"),
-    )
-    for handle in (broker, stream):
-        await host.init_module(handle)
-    for handle in (broker, stream):
-        await host.start_module(handle)
-    return {"broker": broker, "stream": stream}
-
-
-async def make_consumer(host: PluginHost, name: str, subject: str) -> str:
-    handle = await host.create_module(
-        "eventbus.consumer",
-        name,
-        typed=pb.ConsumerConfig(
-            name=name, stream_name="PLUGIN_IT", filter_subject=subject, broker_ref="bus"
-        ),
-    )
-    await host.init_module(handle)
-    await host.start_module(handle)
-    return handle
-
-
-async def consumer_info(nats_url: str, durable: str) -> Any:
-    nc = await nats.connect(nats_url)
-    try:
-        return await nc.jetstream().consumer_info("PLUGIN_IT", durable)
-    finally:
-        await nc.close()
+__all__ = ["bus", "host", "recorder"]  # fixtures, used by name
 
 
 # --- transport ----------------------------------------------------------------------
@@ -324,178 +253,6 @@ async def test_subscribe_trigger_as_a_module_type_is_accepted(host: PluginHost) 
     await host.stop_module(handle)
     with pytest.raises(PluginError, match="name"):
         await host.create_module("trigger.eventbus.subscribe", "unnamed", {})
-
-
-# --- configs as Struct (what the engine sends for these contracts) ------------------
-
-
-def struct(values: dict[str, Any]) -> struct_pb2.Struct:
-    out = struct_pb2.Struct()
-    out.update(values)
-    return out
-
-
-async def test_struct_typed_configs_take_every_documented_form(
-    host: PluginHost, bus: dict[str, str], nats_url: str
-) -> None:
-    config = {
-        "name": "forms-c",
-        "stream_name": "PLUGIN_IT",
-        "filter_subject": "it.forms",
-        "ack_policy": "explicit",
-        "deliverPolicy": "DELIVER_POLICY_ALL",  # camelCase key, full enum name
-        "ack_wait": "1m30s",
-        "max_deliver": 5.0,  # Struct numbers are doubles
-        "_config_dir": "/ignored",
-    }
-    handle = await host.create_module("eventbus.consumer", "forms-c", typed=struct(config))
-    await host.init_module(handle)
-    await host.start_module(handle)
-    info = (await consumer_info(nats_url, "forms-c")).config
-    assert (info.ack_policy, info.deliver_policy) == (AckPolicy.EXPLICIT, DeliverPolicy.ALL)
-    assert (info.ack_wait, info.max_deliver) == (90, 5)
-
-    with pytest.raises(PluginError, match=r"ack_polcy: unknown key for ConsumerConfig.*ack_policy"):
-        await host.create_module(
-            "eventbus.consumer", "typo-c", typed=struct({"name": "t", "ack_polcy": "explicit"})
-        )
-    with pytest.raises(PluginError, match=r"ack_wait.*not a duration.*1m30"):
-        await host.create_module(
-            "eventbus.consumer", "bad-c", typed=struct({"name": "t", "ack_wait": "1m30"})
-        )
-
-
-# --- the ack step's action and delay ----------------------------------------------
-
-# Each case runs twice: the settings written in the step config (what the engine
-# sends as typed_config: the resolved YAML, here in its short forms) and carried by
-# the typed input (the pipeline's data; typed fields).
-ACK_FORMS = ["step-config", "typed-input"]
-
-
-async def settle_with_ack_step(
-    host: PluginHost, token: str, form: str, action: str, delay: float = 0.0
-) -> None:
-    settings: dict[str, Any] = {"action": action}
-    if delay:
-        settings["delay"] = f"{round(delay * 1000)}ms"
-    if form == "step-config":
-        step = await host.create_step("step.eventbus.ack", f"ack-{action}", typed=struct(settings))
-        answer = await host.execute_step(
-            step, pb.AckRequest(), typed_config=struct({"ack_token": token, **settings})
-        )
-    else:
-        step = await host.create_step("step.eventbus.ack", f"ack-{action}")
-        request = pb.AckRequest(
-            ack_token=token, action=pb.AckAction.Value(f"ACK_ACTION_{action.upper()}")
-        )
-        request.delay.FromMilliseconds(round(delay * 1000))
-        answer = await host.execute_step(step, request, typed_config=struct({}))
-    assert answer.error == ""
-    result = pb.AckResponse()
-    answer.typed_output.Unpack(result)
-    assert result.count == 1
-
-
-async def one_delivery(
-    host: PluginHost, durable: str, subject: str, ack_wait: float
-) -> tuple[str, str]:
-    """A consumer with ``ack_wait``, one message published and consumed: (step, token)."""
-    handle = await host.create_module(
-        "eventbus.consumer",
-        durable,
-        typed=struct(
-            {
-                "name": durable,
-                "stream_name": "PLUGIN_IT",
-                "filter_subject": subject,
-                "ack_wait": f"{ack_wait}s",
-            }
-        ),
-    )
-    await host.init_module(handle)
-    await host.start_module(handle)
-    publish = await host.create_step(
-        "step.eventbus.publish", f"pub-{durable}", {"subject": subject}
-    )
-    await host.run_step(publish, pb.PublishRequest(payload=b"job"), pb.PublishResponse)
-    take = await host.create_step("step.eventbus.consume", f"take-{durable}", {"consumer": durable})
-    (first,) = (await take_messages(host, take, 5.0)).messages
-    assert first.delivery_count == 1
-    return take, first.ack_token
-
-
-async def take_messages(host: PluginHost, take: str, wait: float) -> pb.ConsumeResponse:
-    request = pb.ConsumeRequest(batch_size=1)
-    request.max_wait.FromMilliseconds(round(wait * 1000))
-    result: pb.ConsumeResponse = await host.run_step(take, request, pb.ConsumeResponse)
-    return result
-
-
-@pytest.mark.parametrize("form", ACK_FORMS)
-async def test_ack_step_nak_with_delay_redelivers_after_the_delay(
-    host: PluginHost, bus: dict[str, str], form: str
-) -> None:
-    durable = f"nak-delay-{form}"
-    take, token = await one_delivery(host, durable, f"it.nakdelay.{form}", ack_wait=30)
-    delay = 1.5
-    began = time.monotonic()
-    await settle_with_ack_step(host, token, form, "nak", delay)
-    # Not before the delay (a bare nak comes back at once) ...
-    assert (await take_messages(host, take, delay / 2)).messages == []
-    # ... and soon after it (not at the 30 s ack wait).
-    (again,) = (await take_messages(host, take, 10.0)).messages
-    waited = time.monotonic() - began
-    assert again.delivery_count == 2
-    assert delay <= waited < delay + 5, waited
-
-
-@pytest.mark.parametrize("form", ACK_FORMS)
-async def test_ack_step_term_stops_redelivery(
-    host: PluginHost, bus: dict[str, str], nats_url: str, form: str
-) -> None:
-    durable = f"term-{form}"
-    ack_wait = 1.0
-    nc = await nats.connect(nats_url)
-    try:
-        terminated = await nc.subscribe(
-            f"$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.PLUGIN_IT.{durable}"
-        )
-        await nc.flush()
-        take, token = await one_delivery(host, durable, f"it.term.{form}", ack_wait)
-        await settle_with_ack_step(host, token, form, "term")
-        advisory = json.loads((await terminated.next_msg(timeout=5)).data)
-        assert advisory["consumer"] == durable
-    finally:
-        await nc.close()
-    # Unsettled, the message would be back after its 1 s ack wait: past twice that,
-    # nothing came.
-    assert (await take_messages(host, take, 2.5 * ack_wait)).messages == []
-    info = await consumer_info(nats_url, durable)
-    assert (info.num_ack_pending, info.num_pending, info.num_redelivered) == (0, 0, 0)
-
-
-@pytest.mark.parametrize("form", ACK_FORMS)
-async def test_ack_step_in_progress_extends_the_lease(
-    host: PluginHost, bus: dict[str, str], form: str
-) -> None:
-    durable = f"wip-{form}"
-    ack_wait = 2.0
-    take, token = await one_delivery(host, durable, f"it.wip.{form}", ack_wait)
-    leased = time.monotonic()
-    # The scenario itself, not a readiness wait: let most of the lease pass.
-    await asyncio.sleep(ack_wait * 0.6)
-    signalled = time.monotonic()
-    await settle_with_ack_step(host, token, form, "in_progress")
-    # The original lease ends at leased + ack_wait; the signal renewed it from
-    # `signalled`, so nothing comes back before signalled + ack_wait ...
-    assert (await take_messages(host, take, ack_wait * 0.8)).messages == []
-    assert time.monotonic() > leased + ack_wait
-    # ... and then the broker redelivers it (the signal is not an ack).
-    (again,) = (await take_messages(host, take, 10.0)).messages
-    waited = time.monotonic() - signalled
-    assert again.delivery_count == 2
-    assert ack_wait <= waited < ack_wait + 5, waited
 
 
 # --- bad input ----------------------------------------------------------------------
