@@ -304,9 +304,47 @@ class EngineServer:
             self.proc.kill()
             self.proc.wait()
 
+    def crash(self) -> None:
+        """kill -9 the engine and its plugin processes together, as when their host dies:
+        nothing is stopped, drained, acked or nak'd."""
+        pids = set(self.plugin_pids) | set(processes_in(self.plugin_dir))
+        self.kill()
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
     def cleanup(self) -> None:
         """Last-resort teardown: nothing this server started may outlive the test."""
         self.kill()
         for pid in set(self.plugin_pids) | set(processes_in(self.plugin_dir)):
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+async def start_replicas(
+    make: Callable[..., EngineServer],
+    config: Path,
+    count: int,
+    env: Mapping[str, str],
+    *,
+    http: bool = False,
+) -> list[tuple[EngineServer, int]]:
+    """``count`` cmd/server processes running the same app, started together.
+
+    Each has its own data directory (``make`` gives one per server) and, with ``http``,
+    its own ``EVENTBUS_HTTP_ADDR`` port (0 without). Returns once every one has
+    finished starting (modules and triggers).
+    """
+    replicas = []
+    for _ in range(count):
+        port = free_port() if http else 0
+        extra = {"EVENTBUS_HTTP_ADDR": f"127.0.0.1:{port}"} if http else {}
+        server = make(config, {**env, **extra})
+        server.start()
+        replicas.append((server, port))
+    for server, port in replicas:
+        await server.wait_plugin_loaded()
+        await server.wait_started()
+        if port:
+            await server.wait_listening(port)
+    return replicas
