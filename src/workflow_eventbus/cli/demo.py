@@ -6,6 +6,11 @@ host harness, creates broker/stream/consumer modules and the subscribe trigger
 over gRPC, publishes ``--count`` events through ``step.eventbus.publish`` and
 receives every one through TriggerWorkflow. Exits 0 only when every event was
 delivered and acknowledged.
+
+With ``--engine [DIR]`` the same events go through the real workflow engine
+instead: cmd/server (from DIR, else $WORKFLOW_ENGINE_BIN_DIR, else the
+``interop/build.sh`` cache) runs an app with an HTTP ingest route and a subscribe
+trigger pipeline that publishes a derived event for each one (cli/demo_engine.py).
 """
 
 from __future__ import annotations
@@ -17,22 +22,36 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 from rich.table import Table
 
-from ..core.errors import EventbusError
+from ..core.errors import ConfigError, EventbusError
 from ..core.signals import EXIT_SIGTERM, cancel_on_sigterm
 from ..devservers import DEV_SERVERS
 from ..devservers.host import PluginHost
+from .demo_engine import LABELS as ENGINE_LABELS
+from .demo_engine import VIA, engine_summary, run_engine_demo
 from .demo_run import (
     DemoOptions,
     DemoStats,
     broker_dsn,
+    progress_bar,
     publish_all,
     setup,
     summary,
     wait_settled,
+    watch,
 )
+
+LABELS = {
+    "published": "published (step.eventbus.publish)",
+    "delivered": "delivered (TriggerWorkflow)",
+    "acked": "acked",
+    "redelivered": "redelivered",
+    "msg_per_s": "msg/s (publish to last delivery)",
+    "p50_ms": "latency p50 (ms)",
+    "p99_ms": "latency p99 (ms)",
+}
 
 
 def add_parser(sub: Any) -> None:
@@ -54,6 +73,22 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--fetch-batch", type=int, default=0, help="messages per fetch (0: library default)"
     )
+    parser.add_argument(
+        "--engine",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DIR",
+        help="run through the real engine: DIR holds cmd/server's `server` binary "
+        "(default: $WORKFLOW_ENGINE_BIN_DIR, else where `bash interop/build.sh` builds it)",
+    )
+    parser.add_argument(
+        "--via",
+        choices=VIA,
+        default=None,
+        help="with --engine: publish through the HTTP route, straight to JetStream, "
+        "or half each (both)",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="give up after (120 s)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=_run)
@@ -68,21 +103,36 @@ def _run(args: argparse.Namespace) -> int:
         max_in_flight=max(1, args.max_in_flight),
         fetch_batch=max(0, args.fetch_batch),
         timeout=args.timeout,
+        engine=args.engine,
+        via=args.via or "both",
     )
     console = Console(stderr=args.json)
     try:
-        stats = asyncio.run(cancel_on_sigterm(run_demo(opts, console)))
+        _check_options(args)
+        if opts.engine is None:
+            stats = asyncio.run(cancel_on_sigterm(run_demo(opts, console)))
+            result, labels = summary(stats), LABELS
+            title = f"workflow-plugin-eventbus demo ({opts.provider})"
+        else:
+            engine_stats = asyncio.run(cancel_on_sigterm(run_engine_demo(opts, console)))
+            result, labels = engine_summary(engine_stats), ENGINE_LABELS
+            title = "workflow-plugin-eventbus demo (nats, through cmd/server)"
+            if engine_stats.engine_exit:
+                console.print(f"[yellow]cmd/server exited with code {engine_stats.engine_exit}")
     except EventbusError as exc:
-        console.print(f"[red]demo failed:[/red] {exc}")
+        # One line however wide the terminal; the message is text, not markup.
+        console.print(f"[red]demo failed:[/red] {escape(str(exc))}", soft_wrap=True)
         return 1
     except asyncio.CancelledError:
         console.print("demo stopped by SIGTERM; the servers it started are stopped")
         return EXIT_SIGTERM
-    result = summary(stats)
+    except KeyboardInterrupt:
+        console.print("demo stopped by Ctrl-C; the servers it started are stopped")
+        return 130
     if args.json:
         print(json.dumps(result))
     else:
-        console.print(_table(result, opts))
+        console.print(_table(result, title, labels))
     ok = result["delivered"] == opts.count and result["acked"] == opts.count
     if not ok:
         console.print("[red]not every event was delivered and acknowledged[/red]")
@@ -100,65 +150,32 @@ async def run_demo(opts: DemoOptions, console: Console) -> DemoStats:
             step = await setup(host, opts, dsn)
             stats.started = time.monotonic()
             deadline = stats.started + opts.timeout
-            with _progress(console) as progress:
-                await _publish_and_watch(
-                    host, step, opts, stats, progress=progress, deadline=deadline
-                )
+            publisher = asyncio.create_task(publish_all(host, step, opts, stats))
+            with progress_bar(console) as progress:
+                await watch(progress, stats, publisher, total=opts.count, deadline=deadline)
             stats.finished = time.monotonic()
             await wait_settled(opts, dsn, stats, deadline)
     return stats
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description:>10}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
+def _check_options(args: argparse.Namespace) -> None:
+    """--engine runs its own nats-server; --via only means something with it."""
+    if args.engine is None:
+        if args.via is not None:
+            raise ConfigError("--via", "only applies to the engine demo", fix="add --engine")
+        return
+    if args.provider != "nats" or args.dsn:
+        raise ConfigError(
+            "--engine",
+            "runs on a nats-server it starts itself",
+            fix="drop --provider and --dsn, or drop --engine",
+        )
 
 
-async def _publish_and_watch(
-    host: PluginHost,
-    step: str,
-    opts: DemoOptions,
-    stats: DemoStats,
-    *,
-    progress: Progress,
-    deadline: float,
-) -> None:
-    published = progress.add_task("published", total=opts.count)
-    delivered = progress.add_task("delivered", total=opts.count)
-    publisher = asyncio.create_task(publish_all(host, step, opts, stats))
-    try:
-        while stats.delivered < opts.count and time.monotonic() < deadline:
-            if publisher.done() and publisher.exception() is not None:
-                break
-            progress.update(published, completed=stats.published)
-            progress.update(delivered, completed=stats.delivered)
-            await asyncio.sleep(0.05)
-        progress.update(published, completed=stats.published)
-        progress.update(delivered, completed=stats.delivered)
-        await publisher
-    finally:
-        publisher.cancel()
-
-
-def _table(result: dict[str, Any], opts: DemoOptions) -> Table:
-    table = Table(title=f"workflow-plugin-eventbus demo ({opts.provider})")
+def _table(result: dict[str, Any], title: str, labels: dict[str, str]) -> Table:
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    labels = {
-        "published": "published (step.eventbus.publish)",
-        "delivered": "delivered (TriggerWorkflow)",
-        "acked": "acked",
-        "redelivered": "redelivered",
-        "msg_per_s": "msg/s (publish to last delivery)",
-        "p50_ms": "latency p50 (ms)",
-        "p99_ms": "latency p99 (ms)",
-    }
     for key, label in labels.items():
         table.add_row(label, str(result[key]))
     return table

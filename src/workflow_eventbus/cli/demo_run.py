@@ -16,12 +16,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .._proto import eventbus_pb2 as pb
 from ..core.errors import ConfigError
@@ -46,6 +50,8 @@ class DemoOptions:
     max_in_flight: int = 32
     fetch_batch: int = 0  # 0: the library default
     timeout: float = 120.0
+    engine: str | None = None  # None: the plugin under the host harness; else cmd/server
+    via: str = "both"  # engine demo: "http", "jetstream" or "both" (half each)
 
 
 @dataclass(slots=True)
@@ -61,15 +67,18 @@ class DemoStats:
 
     async def on_trigger(self, call: TriggerCall) -> str:
         """What the engine's pipeline would do: here, count and time the event."""
-        body = call.data.get("body") or {}
+        self.record(call.data.get("body") or {}, int(call.data.get("delivery_count", 1)))
+        return ""
+
+    def record(self, body: dict[str, Any], delivery_count: int) -> None:
+        """One received event: ``body`` is what :func:`event_body` wrote."""
         seq = int(body.get("seq", -1))
-        if call.data.get("delivery_count", 1) > 1:
+        if delivery_count > 1:
             self.redelivered += 1
         if seq not in self.seen:
             self.seen.add(seq)
             self.delivered = len(self.seen)
             self.latencies.append(time.time() - float(body.get("sent", time.time())))
-        return ""
 
     def percentile(self, p: float) -> float:
         if not self.latencies:
@@ -136,9 +145,14 @@ async def setup(host: PluginHost, opts: DemoOptions, dsn: str) -> str:
     return await host.create_step("step.eventbus.publish", "publish", {"subject": SUBJECT})
 
 
-def event(seq: int) -> pb.PublishRequest:
+def event_body(seq: int) -> bytes:
+    """An order event; ``sent`` (epoch seconds) is what the latency is measured from."""
     body = {"seq": seq, "sent": time.time(), "order": f"ord-{seq:06d}", "amount": seq % 97}
-    return pb.PublishRequest(payload=json.dumps(body).encode(), headers={"source": "demo"})
+    return json.dumps(body).encode()
+
+
+def event(seq: int) -> pb.PublishRequest:
+    return pb.PublishRequest(payload=event_body(seq), headers={"source": "demo"})
 
 
 async def publish_all(host: PluginHost, step: str, opts: DemoOptions, stats: DemoStats) -> None:
@@ -178,6 +192,52 @@ async def wait_settled(opts: DemoOptions, dsn: str, stats: DemoStats, deadline: 
         await asyncio.sleep(0.2)
     undelivered, unacked = await count_pending(opts, dsn)
     stats.acked = max(0, stats.published - undelivered - unacked)
+
+
+def progress_bar(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description:>10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+async def watch(
+    progress: Progress,
+    stats: DemoStats,
+    publisher: asyncio.Task[None],
+    *,
+    total: int,
+    deadline: float,
+    received: str = "delivered",
+    check: Callable[[], None] | None = None,
+) -> None:
+    """Show the published and received counts until every event arrived (or the
+    deadline passed, or the publisher failed); then await the publisher.
+
+    ``check`` may raise to give up early (a server the demo depends on exited)."""
+    published = progress.add_task("published", total=total)
+    delivered = progress.add_task(received, total=total)
+    try:
+        while stats.delivered < total and time.monotonic() < deadline:
+            if publisher.done() and publisher.exception() is not None:
+                break
+            if check is not None:
+                check()
+            progress.update(published, completed=stats.published)
+            progress.update(delivered, completed=stats.delivered)
+            await asyncio.sleep(0.05)
+        progress.update(published, completed=stats.published)
+        progress.update(delivered, completed=stats.delivered)
+        await publisher
+    finally:
+        if not publisher.done():  # given up, or cancelled (Ctrl-C, SIGTERM)
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await publisher
 
 
 def summary(stats: DemoStats) -> dict[str, Any]:
