@@ -70,6 +70,7 @@ class EmbeddedNats(Service):
         binary: str | Path | None = None,
         ready_timeout: float = 15.0,
         ready_check: bool = True,
+        port: int = 0,
     ) -> None:
         self._own_dir = store_dir is None
         self.base_dir = Path(store_dir) if store_dir else Path(tempfile.mkdtemp(prefix="nats-"))
@@ -78,7 +79,9 @@ class EmbeddedNats(Service):
         self._binary = Path(binary) if binary else None
         self.ready_timeout = ready_timeout
         self.ready_check = ready_check
-        self.port: int = 0
+        # 0: a free port chosen by the server on first start (kept for restarts);
+        # a fixed one (4222 for clients that cannot be pointed elsewhere) must be free.
+        self.port: int = port
         self._proc: asyncio.subprocess.Process | None = None
 
     # -- paths and addresses -------------------------------------------------
