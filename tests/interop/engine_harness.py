@@ -307,11 +307,12 @@ class EngineServer:
     def crash(self) -> None:
         """kill -9 the engine and its plugin processes together, as when their host dies:
         nothing is stopped, drained, acked or nak'd."""
-        pids = set(self.plugin_pids) | set(processes_in(self.plugin_dir))
-        self.kill()
-        for pid in pids:
+        # The plugins first: a plugin that outlived its engine even by a moment would
+        # see its callbacks fail and nak what it holds, which a dead host never does.
+        for pid in set(self.plugin_pids) | set(processes_in(self.plugin_dir)):
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+        self.kill()
 
     def cleanup(self) -> None:
         """Last-resort teardown: nothing this server started may outlive the test."""

@@ -136,7 +136,8 @@ def _check(replicas: list[EngineServer], derived: Derived, *, events: int, crash
     # derived only, so the logs never exceed what was derived.
     assert events <= sum(split) <= derived.total
     if crash:
-        assert derived.redelivered() >= 1  # the dead replica's leases came back
+        # The dead replica's leases came back, and only those.
+        assert 1 <= derived.redelivered() <= HELD_PER_REPLICA, derived.redelivered()
         assert derived.duplicates <= HELD_PER_REPLICA, derived.duplicates
     else:
         assert derived.duplicates == 0
