@@ -9,6 +9,8 @@
 - An engine restarted over the streams and consumers it created (after SIGTERM, and
   after kill -9 mid-run) starts without an error and derives every event published
   before, during and after the restarts; the consumer is the same one.
+- A republish in a trigger pipeline carries the incoming Nats-Msg-Id (JetStream drops
+  it as a duplicate) unless the publish step sets its own ``msg_id``.
 """
 
 from __future__ import annotations
@@ -342,6 +344,75 @@ async def test_restarted_engine_reuses_its_streams_and_consumers_and_loses_nothi
         print(f"\n{len(published)} published, {sum(seen.values())} derived, {duplicates} dup")
         assert all(seen[k] == 1 for k in published if not k.startswith("crash"))
         assert duplicates <= 8  # what the killed engine held unacked (max_in_flight 4 x 2)
+    finally:
+        await nc.close()
+    assert await engine.stop() == 0
+
+
+# --- the incoming Nats-Msg-Id in a republished event -------------------------------
+
+# Two republishes of each event into the stream it came from: one as the input has it,
+# one with a msg_id of its own (docs/scaling.md, "A caveat for pipelines that republish").
+ECHO_APP = """\
+name: eventbus-echo
+
+modules:
+  - name: bus
+    type: eventbus.broker
+    config: {provider: nats, deploy_target: self_hosted, dsn: "${EVENTBUS_NATS_URL}"}
+  - name: echo-stream
+    type: eventbus.stream
+    dependsOn: [bus]
+    config: {name: ECHO, subjects: ["echo.>"]}
+  - name: echoer
+    type: eventbus.consumer
+    dependsOn: [echo-stream]
+    config: {name: echoer, stream_name: ECHO, filter_subject: echo.in}
+
+pipelines:
+  echo:
+    trigger:
+      type: trigger.eventbus.subscribe
+      config: {name: echoer}
+    steps:
+      - name: inherited
+        type: step.eventbus.publish
+        config: {subject: echo.inherited}
+      - name: own-id
+        type: step.eventbus.publish
+        config: {subject: echo.own, msg_id: "echo-{{ .sequence }}"}
+"""
+
+
+async def test_a_republish_keeps_the_incoming_msg_id_unless_the_step_sets_one(
+    make_engine: MakeEngine, nats_server_fresh: EmbeddedNats, tmp_path: Path
+) -> None:
+    config = tmp_path / "echo.yaml"
+    config.write_text(ECHO_APP)
+    engine = make_engine(config, {"EVENTBUS_NATS_URL": nats_server_fresh.url})
+    engine.start()
+    await engine.wait_plugin_loaded()
+    await engine.wait_started()
+    nc = await nats.connect(nats_server_fresh.url)
+    try:
+        js = nc.jetstream()
+        seqs = []
+        for i in range(5):
+            headers = {"Nats-Msg-Id": f"in-{i}"}
+            seqs.append((await js.publish("echo.in", f"e{i}".encode(), headers=headers)).seq)
+        last = seqs[-1]
+        await wait_for(
+            lambda: _drained(js, "ECHO", "echoer", last),
+            timeout=30,
+            what="the echo pipeline to settle every input",
+            check=engine.check_running,
+        )
+        # Each pipeline succeeded; the inherited id made JetStream drop the first copy.
+        assert engine.log().count("Workflow 'pipeline:echo' executed successfully") == 5
+        assert await _stored(js, "ECHO", "echo.inherited") == []
+        own = await _stored(js, "ECHO", "echo.own")
+        assert sorted(m.data for m in own) == [f"e{i}".encode() for i in range(5)]
+        assert {(m.headers or {})["Nats-Msg-Id"] for m in own} == {f"echo-{seq}" for seq in seqs}
     finally:
         await nc.close()
     assert await engine.stop() == 0
