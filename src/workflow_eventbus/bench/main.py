@@ -34,6 +34,8 @@ def _selected(groups: list[Group], only: Sequence[str]) -> list[Group]:
 async def main(ns: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="[%(levelname)s] %(name)s: %(message)s")
     settings = settings_from(ns)
+    if ns.engine:
+        return await engine_main(ns, settings)
     if ns.memory:
         from .memory import memory_check
 
@@ -49,3 +51,25 @@ async def main(ns: argparse.Namespace) -> int:
     print(report(outcomes, settings))
     print(f"total {time.monotonic() - started:.0f}s")
     return 1 if any(o.error for o in outcomes) else 0
+
+
+async def engine_main(ns: argparse.Namespace, settings: Settings) -> int:
+    from .engine_report import report as engine_report
+    from .engine_rows import EngineSettings, run_engine_bench
+
+    engine_settings = EngineSettings(
+        short=ns.quick,
+        rounds=ns.rounds,
+        events=ns.events,
+        loss_events=ns.loss_events,
+        down=ns.down,
+        replicas=tuple(ns.replicas),
+        loop=settings.loop,
+        out=settings.out,
+    )
+    rows, losses, info = await run_engine_bench(engine_settings)
+    print(engine_report(rows, losses, info, engine_settings))
+    broken = [row.name for row in rows if not row.rates] + [
+        x.name for x in losses if x.loss is None
+    ]
+    return 1 if broken else 0

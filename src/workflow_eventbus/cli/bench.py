@@ -55,6 +55,37 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("bench/results.json"), help="where to write the JSON"
     )
+    engine = parser.add_argument_group(
+        "engine bench (--engine)",
+        "the same job through cmd/server (ours, its built-in messaging.nats) and FastStream; "
+        "--quick is its short mode, --rounds its rounds (default 3, short 1)",
+    )
+    engine.add_argument(
+        "--engine",
+        action="store_true",
+        help="run the engine bench instead (needs interop/build.sh's binaries; port 4222 free "
+        "for the built-in rows)",
+    )
+    engine.add_argument(
+        "--events", type=int, default=0, help="events per burst (default 3000, short 1000)"
+    )
+    engine.add_argument(
+        "--loss-events",
+        type=int,
+        default=0,
+        help="events in each loss row (default 2000, short 1000)",
+    )
+    engine.add_argument(
+        "--down", type=float, default=5.0, help="seconds the consumer is stopped in a loss row"
+    )
+    engine.add_argument(
+        "--replicas",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="replica rows of ours at max_in_flight 16 (repeatable; default 2 and 3, short 2)",
+    )
     parser.add_argument(
         "--memory", action="store_true", help="run the plugin memory check instead (long)"
     )
