@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 PYTHON ?= python3
 
-.PHONY: setup generate verify lint test test-fast bench demo clean
+.PHONY: setup generate verify lint test test-fast bench bench-engine demo clean
 
 setup:
 	bash scripts/setup.sh
@@ -30,6 +30,11 @@ test-fast:
 # Every plugin path against its raw baseline (docs/performance.md); BENCH_ARGS=--quick for CI.
 bench:
 	$(PY) -m workflow_eventbus.cli.main bench $(BENCH_ARGS)
+
+# The same job through cmd/server (ours, the built-in messaging.nats) and FastStream
+# (docs/performance.md "Engine bench"); BENCH_ARGS=--quick for the short mode.
+bench-engine:
+	$(PY) -m workflow_eventbus.cli.main bench --engine $(BENCH_ARGS)
 
 demo:
 	$(PY) -m workflow_eventbus.cli.main demo
