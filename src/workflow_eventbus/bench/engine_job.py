@@ -195,7 +195,7 @@ async def loss_run(
         outage = clock() - stopped_at
     finally:
         await publishing
-    await wait_seen(derived, ids, 120.0, quiet=settle)
+    await wait_seen(derived, ids, 2 * settle + 60.0, quiet=settle)
     return Loss(
         len(ids), sum(derived.counts.get(n, 0) for n in ids), derived.unique_in(ids), outage
     )

@@ -36,6 +36,10 @@ from .engine_sides import EngineSide, FastStreamSide, Side, free_port, port_free
 from .procstat import CpuMeter
 
 BUILTIN_PORT = 4222
+# A loss row ends when every event was derived or nothing new came for this long:
+# longer than the 30 s ack wait after which ours and FastStream's consumers redeliver
+# a message that was in flight when the process stopped (else that would count as lost).
+LOSS_SETTLE = 35.0
 ROLES = ("engine", "plugin", "faststream", "nats-server", "bench")
 
 
@@ -315,7 +319,7 @@ class EngineBench(Service):
                     start=side.start,
                     down=s.down,
                     spread=s.down + 4.0,
-                    settle=5.0,
+                    settle=LOSS_SETTLE,
                 )
         except Exception as exc:  # reported in the table, the run goes on
             out.error = f"failed: {exc}"
