@@ -66,7 +66,7 @@ def test_results_merge_under_engine_and_keep_scenarios(tmp_path: Path) -> None:
     row = Row("ours.mif16", "trigger", lambda tag: cast(Any, None))
     row.rates += [900.0, 1000.0, 1100.0]
     row.cpu += [{"engine": 5e-4, "plugin": 7e-4}] * 3
-    row.latencies += [0.001, 0.002]
+    row.latencies += [0.003, 0.001, 0.002]  # pooled rounds: not in order
     base = Row("faststream.w16", "trigger", lambda tag: cast(Any, None))
     base.rates += [1000.0, 1000.0, 1000.0]
     loss = LossRow("ours.mif16", job.Loss(sent=10, derived=11, unique=10, outage=5.2))
@@ -77,6 +77,10 @@ def test_results_merge_under_engine_and_keep_scenarios(tmp_path: Path) -> None:
     engine = written["engine"]
     assert engine["rows"]["ours.mif16"]["rate"] == 1000.0
     assert engine["rows"]["ours.mif16"]["cpu_total_us_per_msg"] == 1200.0
+    assert (engine["rows"]["ours.mif16"]["p50_ms"], engine["rows"]["ours.mif16"]["p99_ms"]) == (
+        2.0,
+        3.0,
+    )
     assert engine["ratios"]["ours.mif16/faststream.w16"]["median"] == 1.0
     assert engine["loss"]["ours.mif16"]["duplicates"] == 1
     assert engine == results([row, base], [loss], info)

@@ -140,7 +140,8 @@ async def paced_latency(
 
 
 def ms(latencies: list[float], q: float) -> float:
-    return percentile(latencies, q) * 1000.0
+    """Percentile ``q`` in milliseconds (the latencies in any order)."""
+    return percentile(sorted(latencies), q) * 1000.0
 
 
 @dataclass(slots=True)
