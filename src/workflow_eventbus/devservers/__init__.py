@@ -3,7 +3,9 @@
 ``nats_server`` runs a private nats-server with JetStream, ``postgres`` a private
 PostgreSQL cluster, each on a random loopback port with readiness checked;
 ``host`` is the engine side of the plugin protocol (it launches the plugin
-process as the engine does). :data:`DEV_SERVERS` maps a provider name to the
+process as the engine does); ``engine`` runs the real workflow engine
+(cmd/server, from ``interop/build.sh``) with the plugin installed, for the
+engine bench. :data:`DEV_SERVERS` maps a provider name to the
 server a demo or bench starts for it; each has a ``url`` once started.
 """
 
