@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+
+# The plugin install and the process lookups are shared with the engine bench.
+from workflow_eventbus.devservers.engine import alive as _alive
+from workflow_eventbus.devservers.engine import install_plugin, processes_in
 
 REPO = Path(__file__).resolve().parents[2]
 INTEROP = REPO / "interop"
@@ -62,23 +64,6 @@ def engine_binaries() -> Path:
     return folder
 
 
-def install_plugin(plugins_dir: Path) -> Path:
-    """Install the plugin with its own console command; returns its directory."""
-    command = shutil.which(PLUGIN_NAME, path=str(Path(sys.executable).parent))
-    argv = [command] if command else [sys.executable, "-m", "workflow_eventbus.cli.main"]
-    subprocess.run(
-        [*argv, "install", "--plugins-dir", str(plugins_dir)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    folder = plugins_dir / PLUGIN_NAME
-    for name in (PLUGIN_NAME, "plugin.json", "plugin.contracts.json"):
-        if not (folder / name).is_file():
-            raise EngineError(f"install did not create {folder / name}")
-    return folder
-
-
 def run_wfctl(
     bin_dir: Path, *args: str, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -96,38 +81,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _proc_state(pid: int) -> str | None:
-    """The one-letter state of a live process, or None when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # The command name (field 2) may contain spaces; the state follows its ')'.
-    return stat[stat.rindex(")") + 2]
-
-
-def _alive(pid: int) -> bool:
-    state = _proc_state(pid)
-    return state is not None and state not in ("Z", "X")
-
-
-def processes_in(folder: Path) -> list[int]:
-    """Live processes whose working directory is ``folder`` (the engine starts
-    each plugin in its own directory)."""
-    target = str(folder.resolve())
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        if cwd == target and _alive(int(entry.name)):
-            found.append(int(entry.name))
-    return sorted(found)
 
 
 async def wait_for(
