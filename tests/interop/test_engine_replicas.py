@@ -35,10 +35,10 @@ from workflow_eventbus.devservers.nats_server import EmbeddedNats
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(150)]
 
 MakeEngine = Callable[..., EngineServer]
-# Inputs per run (the pgchannel replicas keep pace with the publisher: they derive
-# while it publishes).
+# Inputs per run. Each pipeline takes about 100 ms (its `work` step), so with
+# max_in_flight 4 a replica is always running pipelines while there is a backlog.
 NATS_EVENTS = 500
-PG_EVENTS = 1000
+PG_EVENTS = 600
 STARTED = "Triggered workflow 'pipeline:derive'"
 EXECUTED = "Workflow 'pipeline:derive' executed successfully"
 FAILED = "Failed to execute workflow 'pipeline:derive'"
