@@ -9,8 +9,8 @@
 - An engine restarted over the streams and consumers it created (after SIGTERM, and
   after kill -9 mid-run) starts without an error and derives every event published
   before, during and after the restarts; the consumer is the same one.
-- A republish in a trigger pipeline carries the incoming Nats-Msg-Id (JetStream drops
-  it as a duplicate) unless the publish step sets its own ``msg_id``.
+- A republish in a trigger pipeline does not carry the incoming Nats-Msg-Id (JetStream
+  would drop it as a duplicate); a ``msg_id`` in the publish step sets its own.
 """
 
 from __future__ import annotations
@@ -351,8 +351,8 @@ async def test_restarted_engine_reuses_its_streams_and_consumers_and_loses_nothi
 
 # --- the incoming Nats-Msg-Id in a republished event -------------------------------
 
-# Two republishes of each event into the stream it came from: one as the input has it,
-# one with a msg_id of its own (docs/scaling.md, "A caveat for pipelines that republish").
+# Two republishes of each event into the stream it came from: one from the input as it
+# is, one with a msg_id of its own (docs/scaling.md, "Republishing and dedup ids").
 ECHO_APP = """\
 name: eventbus-echo
 
@@ -375,16 +375,18 @@ pipelines:
       type: trigger.eventbus.subscribe
       config: {name: echoer}
     steps:
-      - name: inherited
-        type: step.eventbus.publish
-        config: {subject: echo.inherited}
+      # own-id first: a step's output joins the pipeline data, so after a publish
+      # `.sequence` is that publish's sequence, not the incoming message's.
       - name: own-id
         type: step.eventbus.publish
         config: {subject: echo.own, msg_id: "echo-{{ .sequence }}"}
+      - name: inherited
+        type: step.eventbus.publish
+        config: {subject: echo.inherited}
 """
 
 
-async def test_a_republish_keeps_the_incoming_msg_id_unless_the_step_sets_one(
+async def test_a_republish_drops_the_incoming_msg_id_and_takes_the_steps_own(
     make_engine: MakeEngine, nats_server_fresh: EmbeddedNats, tmp_path: Path
 ) -> None:
     config = tmp_path / "echo.yaml"
@@ -407,9 +409,12 @@ async def test_a_republish_keeps_the_incoming_msg_id_unless_the_step_sets_one(
             what="the echo pipeline to settle every input",
             check=engine.check_running,
         )
-        # Each pipeline succeeded; the inherited id made JetStream drop the first copy.
+        # Each pipeline succeeded and both copies are stored: the incoming dedup id is not
+        # inherited (it made JetStream drop the first copy before it was dropped).
         assert engine.log().count("Workflow 'pipeline:echo' executed successfully") == 5
-        assert await _stored(js, "ECHO", "echo.inherited") == []
+        inherited = await _stored(js, "ECHO", "echo.inherited")
+        assert sorted(m.data for m in inherited) == [f"e{i}".encode() for i in range(5)]
+        assert all("Nats-Msg-Id" not in (m.headers or {}) for m in inherited)
         own = await _stored(js, "ECHO", "echo.own")
         assert sorted(m.data for m in own) == [f"e{i}".encode() for i in range(5)]
         assert {(m.headers or {})["Nats-Msg-Id"] for m in own} == {f"echo-{seq}" for seq in seqs}

@@ -147,6 +147,23 @@ async def test_publish_config_wins_over_input(bus):
     assert got[0].headers == {"a": "cfg", "b": "in", "Nats-Correlation-Id": "c1"}
 
 
+async def test_publish_does_not_inherit_the_inputs_dedup_id(bus):
+    # In a trigger pipeline the input carries the incoming message's Nats-Msg-Id: a
+    # derived event published with it would be dropped as that message's duplicate.
+    step = create_step(bus, "step.eventbus.publish", "pub", {"subject": "orders.derived"})
+    incoming = {"Nats-Msg-Id": "in-1", "k": "v"}
+    first = await step.execute(pb.PublishRequest(payload=b"a", headers=incoming))
+    again = await step.execute(pb.PublishRequest(payload=b"b", headers=incoming))
+    assert not first.duplicate and not again.duplicate and first.sequence != again.sequence
+    # The step's own msg_id (input field or config) still deduplicates.
+    own = await step.execute(pb.PublishRequest(payload=b"c", headers=incoming, msg_id="d-1"))
+    dup = await step.execute(pb.PublishRequest(payload=b"c", headers=incoming, msg_id="d-1"))
+    assert not own.duplicate and dup.duplicate and dup.sequence == own.sequence
+    got = await bus.provider().fetch("ORDERS", "worker", 10, 0.1)
+    assert len(got) == 3 and [d.headers.get("Nats-Msg-Id") for d in got[:2]] == [None, None]
+    assert all(d.headers["k"] == "v" for d in got)
+
+
 async def test_publish_requires_concrete_subject(bus):
     step = create_step(bus, "step.eventbus.publish", "pub", None)
     with pytest.raises(RequestError, match=r'step.eventbus.publish "pub": subject: is required'):

@@ -21,6 +21,7 @@ from ..core import capabilities
 from ..core.config import decode, duration_seconds
 from ..core.defaults import DEFAULT_CONSUME_MAX_WAIT, MAX_BATCH
 from ..core.errors import ConfigError, EventbusError, NotFoundError, RequestError
+from ..core.headers import MSG_ID_HEADER
 from ..core.names import ACK_STEP, CONSUME_STEP, PUBLISH_STEP
 from ..core.subjects import validate_subject
 from ..providers.base import AckAction, OutboundMessage, PublishResult, batch_size
@@ -101,6 +102,11 @@ class PublishStep(Step[pb.PublishStepConfig, pb.PublishRequest, pb.PublishRespon
         for layer in reversed(layers):
             if layer.headers:
                 headers.update(layer.headers)
+        # In a trigger pipeline the input's headers are the incoming message's, and its
+        # dedup id would make the broker drop this new message as a duplicate of it: an
+        # input's Nats-Msg-Id is not carried over (msg_id, in the config or the input,
+        # sets this message's own).
+        headers.pop(MSG_ID_HEADER, None)
         if cfg.headers:
             headers.update(cfg.headers)
         payload = cfg.payload.encode() if cfg.payload else _first_bytes(layers)
