@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from workflow_eventbus.core.errors import ConfigError
-from workflow_eventbus.devservers.engine_app import ENV_BIN_DIR, alive, find_engine
+from workflow_eventbus.devservers.engine import ENV_BIN_DIR, alive, find_engine
 
 DEMO = [sys.executable, "-m", "workflow_eventbus.cli.main", "demo"]
 # The lines the demo prints for the processes it starts (on stderr with --json).

@@ -34,7 +34,7 @@ from nats.js import JetStreamContext
 from rich.console import Console
 
 from ..core.errors import ConfigError
-from ..devservers.engine_app import EngineApp, EngineError, find_engine
+from ..devservers.engine import EngineError, EngineProcess, find_engine
 from ..devservers.nats_server import EmbeddedNats
 from .demo_run import (
     CONSUMER,
@@ -244,7 +244,7 @@ async def run_engine_demo(opts: DemoOptions, console: Console) -> EngineStats:
             try:
                 await nc.subscribe(DERIVED, cb=stats.on_derived)
                 await nc.flush()
-                async with EngineApp(bin_dir, config, data_dir) as engine:
+                async with EngineProcess(bin_dir, config, data_dir) as engine:
                     await engine.wait_listening(port)
                     console.print(f"engine: cmd/server {engine.pid} from {bin_dir}")
                     plugins = ", ".join(map(str, engine.plugin_pids)) or "not found"
@@ -263,7 +263,7 @@ async def _run(
     opts: DemoOptions,
     stats: EngineStats,
     *,
-    engine: EngineApp,
+    engine: EngineProcess,
     port: int,
     js: JetStreamContext,
     console: Console,

@@ -1,9 +1,10 @@
-"""The real workflow engine (``cmd/server``) as a child process, for the bench and tests.
+"""The real workflow engine (``cmd/server``) as a child process, for the demo, bench and tests.
 
 The binaries come from ``interop/build.sh`` in a source checkout (built from the Go
 module proxy at the version pinned in ``interop/go.mod``, cached by version) or
 from ``$WORKFLOW_ENGINE_BIN_DIR`` when that names a directory holding ``server``
-and ``wfctl``.
+and ``wfctl``: :func:`engine_binaries` builds when needed (bench, tests),
+:func:`find_engine` only looks (the demo's ``--engine``).
 
 ``EngineProcess`` runs ``server -config APP -data-dir DATA`` as a user would, with
 the working directory in the data directory; ``plugin=True`` installs this plugin
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, EventbusError
 from ..core.lifecycle import Service
 
 PLUGIN_NAME = "workflow-plugin-eventbus"
@@ -44,8 +46,68 @@ LOADED_LINE = f'"{PLUGIN_NAME}" loaded successfully'
 REJECTED_LINES = ("Failed to load external plugin", "Failed to register external plugin")
 
 
-class EngineError(RuntimeError):
+ENGINE_MODULE = "github.com/GoCodeAlone/workflow"
+GO_MOD = REPO / "interop" / "go.mod"
+
+
+class EngineError(EventbusError):
     """The engine did not build, start or stop as expected (the message has the log tail)."""
+
+
+def pinned_version(go_mod: Path = GO_MOD) -> str:
+    """The engine version ``interop/go.mod`` requires ("" when it is not there)."""
+    try:
+        text = go_mod.read_text()
+    except OSError:
+        return ""
+    found = re.search(rf"^\s*(?:require\s+)?{re.escape(ENGINE_MODULE)}\s+(v\S+)", text, re.M)
+    return found.group(1) if found else ""
+
+
+def build_cache_dir(environ: Mapping[str, str] | None = None) -> Path | None:
+    """Where ``interop/build.sh`` puts the binaries, by the same rules (None: no version)."""
+    env = os.environ if environ is None else environ
+    version = env.get("WORKFLOW_ENGINE_VERSION", "") or pinned_version()
+    if not version:
+        return None
+    root = env.get("WORKFLOW_INTEROP_CACHE", "")
+    if not root:
+        cache = env.get("XDG_CACHE_HOME", "") or str(Path.home() / ".cache")
+        root = str(Path(cache) / "workflow-eventbus-interop")
+    return Path(root) / version
+
+
+def find_engine(path: str = "", environ: Mapping[str, str] | None = None) -> Path:
+    """The directory holding an executable ``server``, without building one: ``path``,
+    else ``$WORKFLOW_ENGINE_BIN_DIR``, else the build cache; a ConfigError naming
+    ``--engine`` (or the variable) and the fix when there is none."""
+    env = os.environ if environ is None else environ
+    fix = "run `bash interop/build.sh` (it prints the directory) or pass --engine DIR"
+    if path:
+        folder, source = Path(path), "--engine"
+    elif env.get(ENV_BIN_DIR, ""):
+        folder, source = Path(env[ENV_BIN_DIR]), ENV_BIN_DIR
+        fix = f"point {ENV_BIN_DIR} at the directory `bash interop/build.sh` prints, or unset it"
+    else:
+        cached = build_cache_dir(env)
+        if cached is None:
+            raise ConfigError(
+                "--engine", "no engine version to look for (no interop/go.mod here)", fix=fix
+            )
+        folder, source = cached, "--engine (default: the interop/build.sh cache)"
+    server = folder / "server"
+    if not (server.is_file() and os.access(server, os.X_OK)):
+        raise ConfigError(source, "has no executable cmd/server binary", value=str(server), fix=fix)
+    return folder
+
+
+def last_problem(log: str, limit: int = 300) -> str:
+    """The last log line that reports an error (else the last line), shortened."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "level=ERROR" in line or "[ERROR]" in line or "Failed" in line or "error" in line:
+            return line[:limit]
+    return lines[-1][:limit] if lines else "(its log is empty)"
 
 
 def engine_binaries() -> Path:
@@ -243,6 +305,40 @@ class EngineProcess(Service):
                 f"the engine exited with code {self.proc.returncode}; "
                 f"log {self.log_path}:\n{self.log_tail()}"
             )
+
+    def check_running(self, doing: str = "finish") -> None:
+        """Raise EngineError, with the log's last problem, if the engine has exited
+        (a ``check`` for :func:`poll_until` while it works)."""
+        if self.proc is None:
+            raise EngineError("cmd/server was not started")
+        if self.proc.returncode is not None:
+            raise EngineError(
+                f"cmd/server exited with code {self.proc.returncode} before it could "
+                f"{doing}: {last_problem(self.log())}"
+            )
+        for marker in REJECTED_LINES:
+            if marker in self.log():
+                raise EngineError(f"cmd/server: {marker}: {last_problem(self.log())}")
+
+    async def wait_listening(self, port: int) -> None:
+        """Until something accepts TCP connections on 127.0.0.1:``port``."""
+
+        async def accepts() -> bool:
+            try:
+                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                return False
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return True
+
+        await poll_until(
+            accepts,
+            timeout=self.start_timeout,
+            what=f"cmd/server to listen on port {port}",
+            check=lambda: self.check_running(f"listen on port {port}"),
+        )
 
     async def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM the engine, wait for it (SIGKILL after ``timeout``), then for its
