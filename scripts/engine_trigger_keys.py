@@ -1,8 +1,7 @@
 """What the trigger data's keys cost cmd/server: our trigger at ``max_in_flight`` 16 with
-the full trigger data against a plugin whose trigger data is cut to ``subject``,
-``payload`` and ``ack_token`` (what the publish step and the ack need), in alternating
-rounds of the engine bench's burst. The cut is made in the plugin process through a
-``sitecustomize`` module on its PYTHONPATH; the product code is not changed.
+the full trigger data against the same app whose consumer sets ``trigger_data:
+[subject, payload, ack_token]`` (what its publish step needs), in alternating rounds
+of the engine bench's burst.
 
     .venv/bin/python scripts/engine_trigger_keys.py --rounds 4
 
@@ -14,45 +13,23 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
-from pathlib import Path
 
 from workflow_eventbus.bench import engine_apps as apps
 from workflow_eventbus.bench.engine_rows import EngineBench, EngineSettings, Row
 from workflow_eventbus.bench.engine_sides import EngineSide, Side
 from workflow_eventbus.bench.loops import default_loop, run_loop
 
-FLAG = "EXPERIMENT_MINIMAL_TRIGGER_DATA"
-SITECUSTOMIZE = f'''\
-import os
-
-if os.environ.get("{FLAG}") == "1":
-    from workflow_eventbus.engine import trigger
-
-    full = trigger.fill_trigger_struct
-    keep = {{"subject", "payload", "ack_token"}}
-
-    def minimal(delivery, target, extra=None):
-        full(delivery, target, extra)
-        for key in [k for k in target.fields if k not in keep]:
-            del target.fields[key]
-
-    trigger.fill_trigger_struct = minimal
-'''
+MINIMAL = ("subject", "payload", "ack_token")
 
 
 async def main(rounds: int, events: int) -> None:
-    patch_dir = Path(tempfile.mkdtemp(prefix="trigger-keys-"))
-    (patch_dir / "sitecustomize.py").write_text(SITECUSTOMIZE)
     async with EngineBench(EngineSettings(events=events, latency_events=20)) as bench:
 
         def variant(minimal: bool) -> Row:
             def side(tag: str) -> Side:
                 name = f"keys-{'min' if minimal else 'full'}-{tag}"
                 env = bench.env()
-                if minimal:
-                    env.update(PYTHONPATH=str(patch_dir), **{FLAG: "1"})
-                yaml = apps.ours_trigger(name, 16)
+                yaml = apps.ours_trigger(name, 16, MINIMAL if minimal else ())
                 return EngineSide(name, bench.bin_dir, yaml, bench.workdir / name, env, plugin=True)
 
             return Row("minimal trigger data" if minimal else "full trigger data", "trigger", side)

@@ -346,6 +346,26 @@ async def test_trigger_calls_trigger_workflow_once_per_message(
     assert len(recorder.for_workflow(workflow)) == 5
 
 
+async def test_trigger_data_sends_only_the_chosen_keys(
+    host: PluginHost, bus: dict[str, str], recorder: Recorder
+) -> None:
+    await make_consumer(host, "keys-c", "it.keys")
+    workflow = "pipeline:keys"
+    trigger = await host.create_trigger(
+        "trigger.eventbus.subscribe",
+        workflow,
+        {"consumer": "keys-c", "trigger_data": ["subject", "body", "ack_token"]},
+    )
+    await host.start_module(trigger)
+    publish = await host.create_step("step.eventbus.publish", "keys", {"subject": "it.keys"})
+    await host.run_step(publish, pb.PublishRequest(payload=b'{"n": 1}'), pb.PublishResponse)
+    await wait_for(lambda: len(recorder.for_workflow(workflow)) >= 1, what="the trigger call")
+    (call,) = recorder.for_workflow(workflow)
+    assert set(call.data) == {"subject", "body", "ack_token"}
+    assert call.data["body"] == {"n": 1} and call.data["subject"] == "it.keys"
+    await host.stop_module(trigger)
+
+
 async def poll_async(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not await check():

@@ -520,6 +520,7 @@ class ConsumerConfig(_message.Message):
     MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
     DRAIN_TIMEOUT_FIELD_NUMBER: _builtins.int
     FETCH_BATCH_FIELD_NUMBER: _builtins.int
+    TRIGGER_DATA_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Durable consumer name. Required; letters, digits, '-' and '_'; at most 255 characters."""
     stream_name: _builtins.str
@@ -562,6 +563,10 @@ class ConsumerConfig(_message.Message):
     def drain_timeout(self) -> _duration_pb2.Duration:
         """How long a stopping trigger lets running pipelines finish. Default 30s."""
 
+    @_builtins.property
+    def trigger_data(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The trigger data keys each pipeline run gets, of subject, payload, headers, sequence, published_at, ack_token, body, delivery_count, stream, consumer. Default: all; fewer keys, less work for the engine per message."""
+
     def __init__(
         self,
         *,
@@ -581,10 +586,11 @@ class ConsumerConfig(_message.Message):
         max_in_flight: _builtins.int = ...,
         drain_timeout: _duration_pb2.Duration | None = ...,
         fetch_batch: _builtins.int = ...,
+        trigger_data: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ack_wait", b"ack_wait", "drain_timeout", b"drain_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_policy", b"ack_policy", "ack_wait", b"ack_wait", "backoff", b"backoff", "broker_ref", b"broker_ref", "dead_letter_subject", b"dead_letter_subject", "deliver_policy", b"deliver_policy", "drain_timeout", b"drain_timeout", "fetch_batch", b"fetch_batch", "filter_subject", b"filter_subject", "max_ack_pending", b"max_ack_pending", "max_deliver", b"max_deliver", "max_in_flight", b"max_in_flight", "name", b"name", "opt_start_seq", b"opt_start_seq", "opt_start_time", b"opt_start_time", "stream_name", b"stream_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_policy", b"ack_policy", "ack_wait", b"ack_wait", "backoff", b"backoff", "broker_ref", b"broker_ref", "dead_letter_subject", b"dead_letter_subject", "deliver_policy", b"deliver_policy", "drain_timeout", b"drain_timeout", "fetch_batch", b"fetch_batch", "filter_subject", b"filter_subject", "max_ack_pending", b"max_ack_pending", "max_deliver", b"max_deliver", "max_in_flight", b"max_in_flight", "name", b"name", "opt_start_seq", b"opt_start_seq", "opt_start_time", b"opt_start_time", "stream_name", b"stream_name", "trigger_data", b"trigger_data"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

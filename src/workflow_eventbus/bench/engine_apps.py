@@ -53,7 +53,10 @@ _HTTP = """\
 """
 
 
-def ours_trigger(durable: str, max_in_flight: int) -> str:
+def ours_trigger(durable: str, max_in_flight: int, data: tuple[str, ...] = ()) -> str:
+    """Our trigger -> publish pipeline; ``data``: the consumer's ``trigger_data`` keys
+    (empty: every key)."""
+    keys = f"      trigger_data: [{', '.join(data)}]\n" if data else ""
     return f"""\
 name: bench-ours-trigger
 modules:
@@ -66,7 +69,7 @@ modules:
       broker_ref: bus
       filter_subject: {IN_SUBJECT}
       max_in_flight: {max_in_flight}
-pipelines:
+{keys}pipelines:
   audit:
     trigger:
       type: trigger.eventbus.subscribe

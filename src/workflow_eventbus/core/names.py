@@ -17,6 +17,20 @@ MODULE_TYPES = (BROKER, STREAM, CONSUMER)
 STEP_TYPES = (PUBLISH_STEP, CONSUME_STEP, ACK_STEP)
 TRIGGER_TYPES = (SUBSCRIBE,)
 
+# The keys of the data map a trigger hands each pipeline run (DESIGN.md "Trigger data").
+TRIGGER_DATA_KEYS = (
+    "subject",
+    "payload",
+    "headers",
+    "sequence",
+    "published_at",
+    "ack_token",
+    "body",
+    "delivery_count",
+    "stream",
+    "consumer",
+)
+
 # Module type names of the Go plugin before v0.2.0, still accepted.
 MODULE_ALIASES = {
     "infra.eventbus": BROKER,

@@ -14,7 +14,7 @@ from .._proto import eventbus_pb2 as pb
 from .config import duration_seconds
 from .defaults import MAX_NAME
 from .errors import ConfigError
-from .names import CONSUMER, STREAM
+from .names import CONSUMER, STREAM, TRIGGER_DATA_KEYS
 from .subjects import validate_filter, validate_subject
 
 _NAME_BAD = re.compile(r"[\s.*>/\\]")
@@ -107,6 +107,14 @@ def validate_consumer(name: str, cfg: pb.ConsumerConfig, *, kind: str = CONSUMER
         if getattr(cfg, field) < 0:
             raise ConfigError(
                 f"{where}: {field}", "must be zero or positive", value=getattr(cfg, field)
+            )
+    for i, key in enumerate(cfg.trigger_data):
+        if key not in TRIGGER_DATA_KEYS:
+            raise ConfigError(
+                f"{where}: trigger_data[{i}]",
+                "is not a trigger data key",
+                value=key,
+                fix=f"use some of: {', '.join(TRIGGER_DATA_KEYS)}",
             )
     if cfg.dead_letter_subject:
         validate_subject(

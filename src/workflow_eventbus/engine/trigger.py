@@ -66,10 +66,20 @@ def _text_fields(delivery: Delivery) -> tuple[tuple[str, str], ...]:
     )
 
 
-def trigger_data(delivery: Delivery, extra: Mapping[str, str] | None = None) -> dict[str, Any]:
+def trigger_data(
+    delivery: Delivery,
+    extra: Mapping[str, str] | None = None,
+    keys: frozenset[str] | None = None,
+) -> dict[str, Any]:
     """The data map sent to the engine for one message (see DESIGN.md); ``extra``:
     string fields the telemetry adds (``Telemetry.trigger_fields``: ``trace_id``,
-    ``traceparent`` while traces are on)."""
+    ``traceparent`` while traces are on); ``keys``: only these of the data map (the
+    trigger's ``trigger_data``; None: all)."""
+    if keys is not None:
+        chosen = {key: value for key, value in trigger_data(delivery).items() if key in keys}
+        if extra:
+            chosen.update(extra)
+        return chosen
     data: dict[str, Any] = dict(_text_fields(delivery))
     data["headers"] = dict(delivery.headers)
     data["delivery_count"] = delivery.delivery_count
@@ -82,7 +92,10 @@ def trigger_data(delivery: Delivery, extra: Mapping[str, str] | None = None) -> 
 
 
 def fill_trigger_struct(
-    delivery: Delivery, target: struct_pb2.Struct, extra: Mapping[str, str] | None = None
+    delivery: Delivery,
+    target: struct_pb2.Struct,
+    extra: Mapping[str, str] | None = None,
+    keys: frozenset[str] | None = None,
 ) -> None:
     """The map of :func:`trigger_data`, written straight into ``target``.
 
@@ -91,18 +104,44 @@ def fill_trigger_struct(
     Kept equal to ``trigger_data`` by tests/unit/test_library.py (and, with
     ``extra``, by tests/unit/test_tracing_config.py)."""
     fields = target.fields
-    for key, text in _text_fields(delivery):
-        fields[key].string_value = text
-    _fill_object(fields["headers"].struct_value, delivery.headers)
-    fields["delivery_count"].number_value = delivery.delivery_count
-    body = decode_body(delivery.payload)
-    if isinstance(body, dict):
-        _fill_object(fields["body"].struct_value, body)
-    elif body is not None:
-        target.update({"body": body})
+    if keys is not None:
+        _fill_selected(delivery, target, keys)
+    else:
+        for key, text in _text_fields(delivery):
+            fields[key].string_value = text
+        _fill_object(fields["headers"].struct_value, delivery.headers)
+        fields["delivery_count"].number_value = delivery.delivery_count
+        _fill_body(delivery, target)
     if extra:
         for key, text in extra.items():
             fields[key].string_value = text
+
+
+def _fill_body(delivery: Delivery, target: struct_pb2.Struct) -> None:
+    body = decode_body(delivery.payload)
+    if isinstance(body, dict):
+        _fill_object(target.fields["body"].struct_value, body)
+    elif body is not None:
+        target.update({"body": body})
+
+
+def _fill_selected(delivery: Delivery, target: struct_pb2.Struct, keys: frozenset[str]) -> None:
+    """The keys of the data map named in ``keys``, and no others."""
+    fields = target.fields
+    for key, text in _text_fields(delivery):
+        if key in keys:
+            fields[key].string_value = text
+    if "headers" in keys:
+        _fill_object(fields["headers"].struct_value, delivery.headers)
+    if "delivery_count" in keys:
+        fields["delivery_count"].number_value = delivery.delivery_count
+    if "body" in keys:
+        _fill_body(delivery, target)
+
+
+def data_keys(cfg: pb.ConsumerConfig) -> frozenset[str] | None:
+    """The trigger data keys a trigger sends (None: every key)."""
+    return frozenset(cfg.trigger_data) if cfg.trigger_data else None
 
 
 def _fill_object(target: struct_pb2.Struct, mapping: dict[str, Any]) -> None:
@@ -140,10 +179,12 @@ def decode_body(payload: bytes) -> Any:
         return text
 
 
-def _with_data(handler: DataHandler, telemetry: Telemetry) -> DeliveryHandler:
+def _with_data(
+    handler: DataHandler, telemetry: Telemetry, keys: frozenset[str] | None
+) -> DeliveryHandler:
     async def deliver(delivery: Delivery) -> None:
         # Inside the handler: the telemetry's handler_started has run for it.
-        await handler(trigger_data(delivery, telemetry.trigger_fields()))
+        await handler(trigger_data(delivery, telemetry.trigger_fields(), keys))
 
     return deliver
 
@@ -225,7 +266,7 @@ class SubscribeTrigger:
         if on_delivery is None:
             if handler is None:
                 raise TypeError("SubscribeTrigger needs handler or on_delivery")
-            on_delivery = _with_data(handler, bus.telemetry)
+            on_delivery = _with_data(handler, bus.telemetry, data_keys(config))
         self._deliver = on_delivery
         self.subscription: Subscription | None = None
 

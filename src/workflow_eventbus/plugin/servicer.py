@@ -47,7 +47,7 @@ from ..engine.bus import EventBus
 from ..engine.steps import create_step
 from ..engine.telemetry import OFF
 from ..engine.telemetry.context import pipeline_trace
-from ..engine.trigger import SubscribeTrigger, fill_trigger_struct
+from ..engine.trigger import SubscribeTrigger, data_keys, fill_trigger_struct, parse_trigger_config
 from ..providers import test_doubles_allowed
 from ..providers.base import Delivery
 from . import contracts
@@ -280,8 +280,12 @@ class PluginService(pgrpc.PluginServiceServicer):
             mapping = (
                 json_format.MessageToDict(request.config) if request.HasField("config") else {}
             )
-            trigger = SubscribeTrigger.from_trigger_config(
-                self.bus, workflow_type, mapping, on_delivery=self._trigger_handler(workflow_type)
+            cfg = parse_trigger_config(self.bus, mapping, instance=workflow_type)
+            trigger = SubscribeTrigger(
+                self.bus,
+                workflow_type,
+                cfg,
+                on_delivery=self._trigger_handler(workflow_type, data_keys(cfg)),
             )
         except Exception as exc:
             return ppb.HandleResponse(error=_error_text(exc))
@@ -289,14 +293,16 @@ class PluginService(pgrpc.PluginServiceServicer):
         log.info("trigger %s created for %s", request.type, workflow_type)
         return ppb.HandleResponse(handle_id=handle)
 
-    def _trigger_handler(self, workflow_type: str) -> Callable[[Delivery], Awaitable[None]]:
+    def _trigger_handler(
+        self, workflow_type: str, keys: frozenset[str] | None
+    ) -> Callable[[Delivery], Awaitable[None]]:
         telemetry = self.bus.telemetry
 
         async def handle(delivery: Delivery) -> None:
             # Runs after the subscriber's handler_started: with traces on, the fields
             # name this run's consumer span (trace_id, traceparent); off, they are {}.
             extra = telemetry.trigger_fields()
-            fill = functools.partial(fill_trigger_struct, delivery, extra=extra)
+            fill = functools.partial(fill_trigger_struct, delivery, extra=extra, keys=keys)
             try:
                 await self.callbacks.trigger_workflow(workflow_type, "message", fill)
             except asyncio.CancelledError:
