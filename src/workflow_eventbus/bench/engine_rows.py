@@ -30,9 +30,10 @@ from nats.aio.client import Client as NatsClient
 from ..core.lifecycle import Service
 from ..devservers.engine import engine_binaries
 from ..devservers.nats_server import EmbeddedNats
+from ..devservers.processes import free_port
 from . import engine_apps as apps
 from . import engine_job as job
-from .engine_sides import EngineSide, FastStreamSide, Side, free_port, port_free, wait_port
+from .engine_sides import EngineSide, FastStreamSide, Side, port_free, wait_port
 from .procstat import CpuMeter
 
 BUILTIN_PORT = 4222

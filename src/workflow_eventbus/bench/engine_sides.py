@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
-import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 from ..core.lifecycle import Service
 from ..devservers.engine import EngineError, EngineProcess, poll_until
+from ..devservers.processes import accepts_connections, terminate
 
 
 class Side(Service):
@@ -134,15 +133,7 @@ class FastStreamSide(Side):
         proc = self.proc
         if proc is None:
             return
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 20.0)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+        await terminate(proc, 20.0)
         self.proc = None
 
     def roles(self) -> dict[str, list[int]]:
@@ -162,23 +153,7 @@ def port_free(port: int) -> bool:
     return True
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def wait_port(port: int, timeout: float = 30.0) -> None:
-    async def connects() -> bool:
-        try:
-            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True
-
-    await poll_until(connects, timeout=timeout, what=f"a listener on port {port}")
+    await poll_until(
+        lambda: accepts_connections(port), timeout=timeout, what=f"a listener on port {port}"
+    )

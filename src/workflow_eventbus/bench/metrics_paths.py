@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import socket
 from collections.abc import AsyncIterator
 
 from .._proto import eventbus_pb2 as pb
@@ -20,6 +19,7 @@ from ..core.errors import ProviderError
 from ..core.lifecycle import cancel_and_wait
 from ..core.names import SUBSCRIBE
 from ..devservers.host import PluginHost
+from ..devservers.processes import free_port
 from .core import PAYLOAD, Sample, Scenario, timed
 from .engine import TriggerSink, engine_stand_in
 from .env import BenchEnv, plugin_environment
@@ -133,7 +133,7 @@ class MetricsPaths:
         """Both processes, and the scraper of the "on" one, for the group's rounds.
 
         A start that fails leaves the scenarios to report it (each raises)."""
-        port = _free_port()
+        port = free_port()
         self.on.metrics_addr = f"127.0.0.1:{port}"
         scraper: asyncio.Task[None] | None = None
         try:
@@ -208,9 +208,3 @@ class MetricsPaths:
 
     async def publish_on(self, limit: int, seconds: float) -> Sample:
         return await self.publish(self.on, limit, seconds)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from rich.console import Console
 from ..core.errors import ConfigError
 from ..devservers.engine import EngineError, EngineProcess, find_engine
 from ..devservers.nats_server import EmbeddedNats
+from ..devservers.processes import free_port
 from .demo_run import (
     CONSUMER,
     STREAM,
@@ -159,13 +159,6 @@ def app_config(opts: DemoOptions, nats_url: str, http_port: int) -> dict[str, An
             },
         },
     }
-
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def post_order(port: int, body: bytes) -> None:

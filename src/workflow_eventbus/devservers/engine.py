@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ..core.errors import ConfigError, EventbusError
 from ..core.lifecycle import Service
+from .processes import accepts_connections, terminate
 
 PLUGIN_NAME = "workflow-plugin-eventbus"
 ENV_BIN_DIR = "WORKFLOW_ENGINE_BIN_DIR"
@@ -323,18 +324,8 @@ class EngineProcess(Service):
     async def wait_listening(self, port: int) -> None:
         """Until something accepts TCP connections on 127.0.0.1:``port``."""
 
-        async def accepts() -> bool:
-            try:
-                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                return False
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            return True
-
         await poll_until(
-            accepts,
+            lambda: accepts_connections(port),
             timeout=self.start_timeout,
             what=f"cmd/server to listen on port {port}",
             check=lambda: self.check_running(f"listen on port {port}"),
@@ -346,15 +337,7 @@ class EngineProcess(Service):
         proc = self.proc
         if proc is None:
             return None
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), timeout)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+        await terminate(proc, timeout)
         leftovers = set(self.plugin_pids)
         if self.plugin:
             leftovers |= set(processes_in(self.plugin_dir))

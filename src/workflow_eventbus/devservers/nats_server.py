@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..core.errors import BrokerUnavailableError, ConfigError
 from ..core.lifecycle import Service
+from .processes import terminate
 
 ENV_BIN = "NATS_SERVER_BIN"
 _INSTALL_HINT = (
@@ -240,15 +241,5 @@ class EmbeddedNats(Service):
         proc = self._proc
         if proc is None:
             return
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), grace)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGKILL)
-                await proc.wait()
-        else:
-            await proc.wait()
+        await terminate(proc, grace)
         self._proc = None

@@ -31,6 +31,7 @@ from psycopg import sql
 
 from ..core.errors import BrokerUnavailableError, ConfigError
 from ..core.lifecycle import Service
+from .processes import free_port
 
 ENV_BINDIR = "EVENTBUS_PG_BINDIR"
 _INSTALL_HINT = (
@@ -78,12 +79,6 @@ def find_bindir() -> Path:
 def _version_key(path: str) -> int:
     version = Path(path).parent.name
     return int(version) if version.isdigit() else 0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _port_open(port: int) -> bool:
