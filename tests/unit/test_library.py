@@ -320,6 +320,47 @@ def test_trigger_struct_is_the_data_map(payload: bytes, headers: dict[str, str])
     assert ("body" in direct.fields) == (decode_body(payload) is not None)
 
 
+async def test_ack_step_leaves_the_triggers_own_message_to_the_trigger(bus):
+    # A pipeline whose pull found nothing passes its trigger data (the triggering
+    # message's ack_token) to an ack step; acking it there would lose the message
+    # when a later step fails (the trigger's nak would come too late).
+    await publish(bus, 1)
+    ack = create_step(bus, "step.eventbus.ack", "ack")
+    answers, runs = [], []
+
+    async def handler(data):
+        runs.append(data["delivery_count"])
+        answers.append(await ack.execute(pb.AckRequest(ack_token=data["ack_token"])))
+        if data["delivery_count"] == 1:
+            raise RuntimeError("a later step fails")
+
+    trig = SubscribeTrigger.from_trigger_config(
+        bus, "p", {"consumer": "worker", "backoff": ["10ms"]}, handler
+    )
+    await trig.start()
+    await until(lambda: trig.subscription.stats.acked == 1)
+    await trig.stop()
+    assert runs == [1, 2]  # redelivered after the failure: not lost
+    assert [a.count for a in answers] == [0, 0]
+    assert not bus.subscriptions  # the stopped trigger holds nothing any more
+
+
+async def test_ack_step_settles_a_trigger_message_named_in_its_config(bus):
+    await publish(bus, 1)
+    answers = []
+
+    async def handler(data):
+        ack = create_step(bus, "step.eventbus.ack", "ack", {"ack_token": data["ack_token"]})
+        answers.append(await ack.execute())
+
+    trig = SubscribeTrigger.from_trigger_config(bus, "p", {"consumer": "worker"}, handler)
+    await trig.start()
+    await until(lambda: len(answers) == 1 and trig.subscription.stats.fetched == 1)
+    await trig.stop()
+    assert answers[0].count == 1
+    assert await bus.provider().pending("ORDERS", "worker") == (0, 0)
+
+
 async def test_backoff_then_dead_letter_then_term(bus):
     await bus.provider().ensure_stream(pb.StreamConfig(name="DLQ", subjects=["dlq.orders"]))
     await publish(bus, 1)

@@ -61,6 +61,8 @@ class EventBus:
         self.streams: dict[str, StreamModule] = {}
         self.consumers: dict[str, ConsumerModule] = {}
         self.modules: list[Module] = []
+        # Running trigger subscriptions: what they hold is theirs to settle.
+        self.subscriptions: set[Any] = set()
         self._broker_listeners: list[BrokerStateListener] = []
 
     def create_module(self, type_name: str, name: str, config: Any) -> Module:
@@ -136,6 +138,11 @@ class EventBus:
             return broker.provider
         except BrokerUnavailableError as exc:
             raise BrokerUnavailableError(f"{who}: {exc}") from exc
+
+    def held_by_trigger(self, ack_token: str) -> bool:
+        """True while a running trigger of this bus holds ``ack_token`` (its delivered,
+        unsettled message: the trigger settles it when its pipeline ends)."""
+        return any(sub.holds(ack_token) for sub in self.subscriptions)
 
     def stream_named(self, name: str) -> StreamModule | None:
         """The registered stream module whose stream is ``name`` (the first registered)."""

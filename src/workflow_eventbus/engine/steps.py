@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import logging
 from typing import Any, ClassVar, Generic, TypeVar
 
 from google.protobuf.message import Message
@@ -28,6 +29,8 @@ from ..providers.base import AckAction, OutboundMessage, PublishResult, batch_si
 from .bus import EventBus
 from .telemetry import OFF, Telemetry
 from .telemetry.context import announce
+
+log = logging.getLogger("workflow_eventbus.engine.steps")
 
 C = TypeVar("C", bound=Message)
 I = TypeVar("I", bound=Message)  # noqa: E741
@@ -70,7 +73,12 @@ class PublishStep(Step[pb.PublishStepConfig, pb.PublishRequest, pb.PublishRespon
             built = [self._outbound(cfg, req, item) for item in req.messages]
             outgoing = [message for message, _ in built]
             tokens = [token for _, token in built]
-            results = await provider.publish_many(outgoing)
+            try:
+                results: list[PublishResult | Exception] = await provider.publish_many(outgoing)
+            except EventbusError as exc:
+                for token in tokens:
+                    _published(telemetry, token, provider.broker_name, exc)
+                raise
             for token, result in zip(tokens, results, strict=True):
                 _published(telemetry, token, provider.broker_name, result)
             return _batch_response(results)
@@ -213,7 +221,24 @@ class AckStep(Step[pb.AckStepConfig, pb.AckRequest, pb.AckResponse]):
     type_name = ACK_STEP
 
     async def _run(self, cfg: pb.AckStepConfig, req: pb.AckRequest) -> pb.AckResponse:
-        tokens = _ack_tokens(cfg, req)
+        tokens, from_input = _ack_tokens(cfg, req)
+        if from_input:
+            # The input's own token, in a trigger pipeline after an empty pull, is the
+            # message the trigger delivered: settling it here would let a later failing
+            # step lose it (the trigger's nak comes after this ack). The trigger settles
+            # its own message; only a token in the step config overrides that.
+            held = [t for t in tokens if self.bus.held_by_trigger(t)]
+            if held:
+                log.warning(
+                    "%s: not settling the message its trigger delivered (the trigger "
+                    "settles it after the pipeline); name a token in the step config "
+                    "to settle it here",
+                    self._where("ack_token"),
+                    extra={"event": "ack_step.skipped_trigger_message", "step": self.name},
+                )
+                tokens = [t for t in tokens if t not in held]
+                if not tokens:
+                    return pb.AckResponse(count=0)
         if not tokens:
             raise RequestError(
                 self._where("ack_token"),
@@ -233,9 +258,10 @@ class AckStep(Step[pb.AckStepConfig, pb.AckRequest, pb.AckResponse]):
         return pb.AckResponse(count=len(tokens))
 
 
-def _ack_tokens(cfg: pb.AckStepConfig, req: pb.AckRequest) -> list[str]:
-    """The tokens to settle: the config's; else the input's ``messages`` (what a consume
-    step left in the pipeline's data); else the input's ``ack_token``/``ack_tokens``.
+def _ack_tokens(cfg: pb.AckStepConfig, req: pb.AckRequest) -> tuple[list[str], bool]:
+    """The tokens to settle, and whether they are the input's own: the config's; else
+    the input's ``messages`` (what a consume step left in the pipeline's data); else the
+    input's ``ack_token``/``ack_tokens``.
 
     ``messages`` comes before the input's own token: in a trigger pipeline that token is
     the triggering message's, which the trigger settles itself after the pipeline.
@@ -244,8 +270,8 @@ def _ack_tokens(cfg: pb.AckStepConfig, req: pb.AckRequest) -> list[str]:
     if not tokens:
         tokens = [m.ack_token for m in req.messages if m.ack_token]
     if not tokens:
-        tokens = [t for t in [req.ack_token, *req.ack_tokens] if t]
-    return tokens
+        return [t for t in [req.ack_token, *req.ack_tokens] if t], True
+    return tokens, False
 
 
 STEP_CLASSES: dict[str, type[Step[Any, Any, Any]]] = {

@@ -155,6 +155,10 @@ class Subscription:
         self._keepalive_at = math.inf  # when the keepalive task wakes up next
         self._last_full = False  # the previous fetch brought all it asked for
 
+    def holds(self, ack_token: str) -> bool:
+        """True while this subscription holds the delivery of ``ack_token`` unsettled."""
+        return ack_token in self._held
+
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()

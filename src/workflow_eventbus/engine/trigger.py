@@ -322,6 +322,7 @@ class SubscribeTrigger:
             telemetry=self.bus.telemetry,
             labels=Labels(self._broker_name(), self.config.stream_name, self.config.name),
         )
+        self.bus.subscriptions.add(self.subscription)
         await self.subscription.start()
 
     async def _ensure_consumer(self) -> None:
@@ -345,7 +346,10 @@ class SubscribeTrigger:
         """Stop the loop, draining running pipelines (``within``: seconds the caller
         allows in all; see :meth:`Subscription.drain_limit`)."""
         if self.subscription is not None:
-            await self.subscription.stop(within)
+            try:
+                await self.subscription.stop(within)
+            finally:
+                self.bus.subscriptions.discard(self.subscription)
 
     def __str__(self) -> str:
         return f'{SUBSCRIBE} "{self.name}"'
