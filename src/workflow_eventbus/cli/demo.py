@@ -43,6 +43,9 @@ from .demo_run import (
     watch,
 )
 
+# The engine demo starts its own nats-server (the built-in engine modules need one too).
+ENGINE_DEMO_PROVIDER = "nats"
+
 LABELS = {
     "published": "published (step.eventbus.publish)",
     "delivered": "delivered (TriggerWorkflow)",
@@ -164,7 +167,7 @@ def _check_options(args: argparse.Namespace) -> None:
         if args.via is not None:
             raise ConfigError("--via", "only applies to the engine demo", fix="add --engine")
         return
-    if args.provider != "nats" or args.dsn:
+    if args.provider != ENGINE_DEMO_PROVIDER or args.dsn:
         raise ConfigError(
             "--engine",
             "runs on a nats-server it starts itself",

@@ -15,7 +15,7 @@ directory is the installed plugin folder), so their CPU can be read and none is
 left behind after a stop.
 
     async with EngineProcess(bin_dir, app_yaml, data_dir, env={...}) as engine:
-        await engine.wait_started()
+        ...  # started: the plugin is loaded and every module and trigger runs
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from pathlib import Path
 
 from ..core.errors import ConfigError, EventbusError
 from ..core.lifecycle import Service
+from ..core.names import PLUGIN_NAME
 from .processes import accepts_connections, terminate
 
-PLUGIN_NAME = "workflow-plugin-eventbus"
 ENV_BIN_DIR = "WORKFLOW_ENGINE_BIN_DIR"
 # A source checkout: src/workflow_eventbus/devservers/engine.py -> the repository.
 REPO = Path(__file__).resolve().parents[3]

@@ -15,4 +15,7 @@ from ..engine.telemetry.tracing import tracing_from_environ
 
 
 def telemetry_from_environ(environ: Mapping[str, str]) -> Telemetry:
-    return combine([metrics_from_environ(environ), tracing_from_environ(environ)])
+    # Tracing first: it only reads settings, while metrics open a listener that a
+    # refused tracing setting after it would leave running.
+    tracing = tracing_from_environ(environ)
+    return combine([metrics_from_environ(environ), tracing])

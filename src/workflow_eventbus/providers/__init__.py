@@ -3,11 +3,13 @@
 This is the one place that knows which providers exist. Config validation,
 the broker module, the contract registry's provider options, the CLI and the
 conformance suite all read :data:`REGISTRY`; nothing outside this package
-branches on a provider's name. Adding a provider is one entry here plus its
+branches on a provider's name, except the IaC declarations (``engine/iac.py``),
+which build per-provider resources. Adding a provider is one entry here plus its
 package.
 
-A runtime class is imported on first use (``spec.load()``), so validating a
-config does not import every broker's client library.
+A runtime class is imported on first use (``spec.load()``); the provider rules
+this module imports (``pgchannel/rules.py``) load their package, and with it
+psycopg, so importing the registry costs that once.
 """
 
 from __future__ import annotations

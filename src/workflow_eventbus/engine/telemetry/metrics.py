@@ -399,9 +399,11 @@ class Metrics(Telemetry):
                 if name not in self._reported:  # no broker_state() for it: ask the provider
                     self.broker_up.labels(name).set(1 if _connected(module) else 0)
             watched = self._consumers_to_watch(bus)
-            results = await asyncio.gather(*(self._count(bus, labels) for labels in watched))
+            results = await asyncio.gather(
+                *(self._count(bus, labels) for labels in watched), return_exceptions=True
+            )
             for labels, counts in zip(watched, results, strict=True):
-                if counts is None:
+                if counts is None or isinstance(counts, BaseException):
                     self._forget(labels)
                     continue
                 self.pending.labels(labels.broker, labels.stream, labels.consumer).set(counts[0])
@@ -476,9 +478,10 @@ class Metrics(Telemetry):
             server.close()
 
     async def aclose(self) -> None:
-        """:meth:`close`, then wait until the refresh task has ended."""
+        """:meth:`close` (its thread join in a worker thread, not on the loop), then wait
+        until the refresh task has ended."""
         task = self._refresher
-        self.close()
+        await asyncio.to_thread(self.close)
         if task is not None:
             await cancel_and_wait(task)
 

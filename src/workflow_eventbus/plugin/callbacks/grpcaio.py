@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 
 from .errors import RpcError
+from .h2 import RESENDS
 
 OPTIONS = [
     ("grpc.max_send_message_length", -1),
@@ -32,7 +33,6 @@ OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
-RESENDS = 8  # sends of a call the server refused
 REFUSED_TEXT = "Received RST_STREAM with error code 7"  # the C core's words for a refusal
 NO_CONNECTION_TEXT = "failed to connect to all addresses"
 

@@ -125,6 +125,10 @@ class UnaryChannel:
                         lambda: Connection(self.address), host.strip("[]"), int(port)
                     )
                 await protocol.ready  # the peer's SETTINGS (stream limit, windows) come first
+        except asyncio.CancelledError:
+            if protocol is not None:
+                protocol.close()  # cancelled mid-dial: no socket outlives the call
+            raise
         except (OSError, TimeoutError) as exc:
             if protocol is not None:
                 protocol.close()

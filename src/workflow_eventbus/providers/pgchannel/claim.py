@@ -26,10 +26,10 @@ from ...core.headers import CORRELATION_HEADER, LEGACY_CORRELATION_HEADER
 from ..base import Delivery
 from . import queries as q
 from .locks import consumer_lock_key
+from .mapping import UNLIMITED_DELIVER
 from .subjects import filter_regex
 
 LOCK_WAIT = 2.0  # seconds; a Python claim takes milliseconds, a longer hold is a Go subscriber
-UNLIMITED_DELIVER = 2147483647  # how an unset max_deliver is stored (Go compatible)
 
 
 @dataclass(slots=True)
