@@ -138,3 +138,23 @@ def _delivery() -> Delivery:
     from datetime import UTC, datetime
 
     return Delivery("s", "c", "x", b"", {}, 1, datetime.now(UTC), 1, "t")
+
+
+async def test_plugin_flushes_telemetry_once_triggers_drained() -> None:
+    from workflow_eventbus.plugin.broker import ConnInfoStore
+    from workflow_eventbus.plugin.callbacks.client import CallbackClient
+    from workflow_eventbus.plugin.servicer import FLUSH_BUDGET, PluginService
+
+    flushed: list[float] = []
+
+    class Flushing(Telemetry):
+        async def aflush(self, timeout: float) -> None:
+            flushed.append(timeout)
+
+    bus = EventBus(environ={}, test_doubles=True, telemetry=Flushing())
+    service = PluginService(CallbackClient(ConnInfoStore()), bus)
+    await service.drain_triggers()
+    await service.drain_triggers(budget=0.3)
+    await service.drain_triggers(budget=0.0)  # nothing left of the host's deadline
+    assert flushed[0] == FLUSH_BUDGET and 0 < flushed[1] <= 0.3 and len(flushed) == 2
+    await service.callbacks.close()

@@ -58,6 +58,8 @@ log = logging.getLogger("workflow_eventbus.plugin")
 
 M = TypeVar("M", bound=Message)
 Ctx = grpc.aio.ServicerContext[Any, Any]
+# Seconds the queued traces get to leave once the triggers have drained.
+FLUSH_BUDGET = 1.0
 EMPTY_NAME = empty_pb2.Empty.DESCRIPTOR.full_name
 STRUCT_NAME = struct_pb2.Struct.DESCRIPTOR.full_name
 
@@ -423,7 +425,15 @@ class PluginService(pgrpc.PluginServiceServicer):
         and naks what it fetched but had not started. ``budget``: seconds the host
         allows in all (a deadline on its stop request), which caps every drain."""
         triggers = [h for h in self._handles.values() if h.kind == "trigger"]
+        began = time.monotonic()
         await asyncio.gather(*(self._drain(handle, budget) for handle in triggers))
+        # The drained runs' spans leave before the host is told it may kill us.
+        left = FLUSH_BUDGET if budget is None else budget - (time.monotonic() - began)
+        if left > 0:
+            try:
+                await self.bus.telemetry.aflush(min(left, FLUSH_BUDGET))
+            except Exception as exc:  # telemetry never blocks a stop
+                log.warning("shutdown: flushing telemetry failed: %s", exc)
 
     async def _drain(self, handle: _Handle, budget: float | None) -> None:
         trigger = cast(SubscribeTrigger, handle.obj)

@@ -90,6 +90,10 @@ class Telemetry:
         telemetry runs on it (refresh tasks) to end."""
         self.close()
 
+    async def aflush(self, timeout: float) -> None:
+        """Export what is queued within ``timeout`` seconds (traces before a process
+        that may be killed soon answers its stop request)."""
+
 
 OFF = Telemetry()
 
@@ -153,6 +157,10 @@ class Fanout(Telemetry):
     async def aclose(self) -> None:
         for part in self.parts:
             await part.aclose()
+
+    async def aflush(self, timeout: float) -> None:
+        for part in self.parts:
+            await part.aflush(timeout)
 
 
 def combine(parts: Sequence[Telemetry | None]) -> Telemetry:

@@ -342,6 +342,12 @@ class Tracing(Telemetry):
         self._faults.add(hook)
         log.log(level, "traces: %s failed: %s: %s", hook, type(exc).__name__, exc)
 
+    async def aflush(self, timeout: float) -> None:
+        """Export the queued spans, waiting at most ``timeout`` seconds (in a worker
+        thread: the exporter blocks)."""
+        if not self._closed:
+            await asyncio.to_thread(self.provider.force_flush, max(int(timeout * 1000), 1))
+
     async def aclose(self) -> None:
         """:meth:`close` in a worker thread, so a slow collector holds up no message."""
         await asyncio.to_thread(self.close)
