@@ -268,3 +268,9 @@ def test_opt_start_time_is_checked_when_the_config_is_read():
         ConfigError, match=r"opt_start_time: not an RFC 3339 time \(got 'yesterday'\)"
     ):
         validate_consumer("c", cfg)
+
+
+def test_tails_consumer_prefix_is_reserved():
+    cfg = pb.ConsumerConfig(name="eventbus_ephemeral_0123456789abcdef", stream_name="S")
+    with pytest.raises(ConfigError, match="temporary consumers of tail"):
+        validate_consumer("c", cfg)

@@ -17,6 +17,10 @@ MODULE_TYPES = (BROKER, STREAM, CONSUMER)
 STEP_TYPES = (PUBLISH_STEP, CONSUME_STEP, ACK_STEP)
 TRIGGER_TYPES = (SUBSCRIBE,)
 
+# Names of the temporary consumers `tail` makes; refused as durable names (a later
+# tail removes idle ones by this prefix).
+EPHEMERAL_PREFIX = "eventbus_ephemeral_"
+
 # The keys of the data map a trigger hands each pipeline run (DESIGN.md "Trigger data").
 TRIGGER_DATA_KEYS = (
     "subject",

@@ -14,7 +14,7 @@ from .._proto import eventbus_pb2 as pb
 from .config import duration_seconds
 from .defaults import MAX_NAME
 from .errors import ConfigError
-from .names import CONSUMER, STREAM, TRIGGER_DATA_KEYS
+from .names import CONSUMER, EPHEMERAL_PREFIX, STREAM, TRIGGER_DATA_KEYS
 from .subjects import validate_filter, validate_subject
 
 _NAME_BAD = re.compile(r"[\s.*>/\\]")
@@ -69,6 +69,13 @@ def _check_length(name: str, setting: str) -> None:
 def validate_consumer(name: str, cfg: pb.ConsumerConfig, *, kind: str = CONSUMER) -> None:
     where = f'{kind} "{name}"'
     _check_name(cfg.name, f"{where}: name", "durable", fix="set name to the durable consumer name")
+    if cfg.name.startswith(EPHEMERAL_PREFIX):
+        raise ConfigError(
+            f"{where}: name",
+            f"names starting with {EPHEMERAL_PREFIX} are the temporary consumers of tail",
+            value=cfg.name,
+            fix="choose another durable name",
+        )
     if not cfg.stream_name:
         raise ConfigError(
             f"{where}: stream_name", "is required", fix="set stream_name to the stream's name"

@@ -333,7 +333,6 @@ class HasStatus(ProviderCapability):
         """Every consumer of ``stream``, by name; NotFoundError when the stream is missing."""
 
 
-EPHEMERAL_PREFIX = "eventbus_ephemeral_"
 """Names of ephemeral consumers start with this (then 16 hex digits)."""
 
 

@@ -23,7 +23,8 @@ import nats.js.errors as js_errors
 from nats.js import api
 
 from ...core.errors import ConfigError, EventbusError
-from ..base import EPHEMERAL_PREFIX, HasEphemeralConsumers
+from ...core.names import EPHEMERAL_PREFIX
+from ..base import HasEphemeralConsumers
 from .errors import STREAM_NOT_FOUND, stream_missing
 
 if TYPE_CHECKING:

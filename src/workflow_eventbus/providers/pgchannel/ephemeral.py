@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 
 from ..._proto import eventbus_pb2 as pb
 from ...core.errors import ConfigError, NotFoundError
-from ..base import EPHEMERAL_PREFIX, HasEphemeralConsumers
+from ...core.names import EPHEMERAL_PREFIX
+from ..base import HasEphemeralConsumers
 from .locks import consumer_lock_key
 from .subjects import filter_regex
 
