@@ -117,12 +117,14 @@ async def _dead_letters(
         return None, False
     store = await provider.dead_letters(dlq_stream)
     try:
-        letters = await store.list(limit=max(limit, 0))
+        # One more than shown tells whether there are more than ``limit``.
+        letters = await store.list(limit=max(limit, 0) + 1)
     except NotFoundError:
         return Counter(), False  # no dead-letter stream: nothing was dead-lettered
     finally:
         await store.close()
-    return Counter((x.stream, x.consumer) for x in letters), len(letters) >= limit > 0
+    capped = len(letters) > limit
+    return Counter((x.stream, x.consumer) for x in letters[:limit]), capped
 
 
 def _time(moment: datetime | None) -> str | None:
@@ -193,7 +195,7 @@ def _print_tables(report: dict[str, Any]) -> None:
         dead = (
             "-"
             if c["dead_letters"] is None
-            else f"{c['dead_letters']}{capped if c['dead_letters'] else ''}"
+            else f"{c['dead_letters']}{capped}"  # capped: any consumer may have more
         )
         consumers.add_row(
             c["stream"],
