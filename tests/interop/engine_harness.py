@@ -21,13 +21,12 @@ import os
 import signal
 import socket
 import subprocess
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 # The plugin install and the process lookups are shared with the engine bench.
 from workflow_eventbus.devservers.engine import alive as _alive
-from workflow_eventbus.devservers.engine import install_plugin, processes_in
+from workflow_eventbus.devservers.engine import install_plugin, poll_until, processes_in
 
 REPO = Path(__file__).resolve().parents[2]
 INTEROP = REPO / "interop"
@@ -83,26 +82,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def wait_for(
-    condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
-    *,
-    timeout: float,
-    what: str,
-    check: Callable[[], None] | None = None,
-) -> None:
-    """Poll ``condition`` until it is true; ``check`` may raise to give up early."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if check is not None:
-            check()
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise EngineError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(POLL)
+# Poll a condition until it holds (the engine module's poller, shared with the bench).
+wait_for = poll_until
 
 
 class EngineServer:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,22 +22,6 @@ RATIOS = (
     ("ours.mif16.x3", "ours.mif16"),
     ("ingest.ours", "ingest.builtin"),
 )
-
-
-def context(
-    settings: EngineSettings, skipped: str, load_before: tuple[float, float, float], seconds: float
-) -> dict[str, object]:
-    return {
-        "mode": "short" if settings.short else "full",
-        "rounds": settings.rounds,
-        "events": settings.events,
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU, "
-        f"Python {platform.python_version()}",
-        "load_before": [round(x, 2) for x in load_before],
-        "load_after": [round(x, 2) for x in os.getloadavg()],
-        "seconds": round(seconds, 1),
-        "skipped": skipped,
-    }
 
 
 def ratio(rows: dict[str, Row], top: str, bottom: str) -> tuple[float | None, list[float]]:

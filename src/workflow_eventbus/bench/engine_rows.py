@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import platform
 import shutil
 import statistics
 import tempfile
@@ -336,11 +337,25 @@ class EngineBench(Service):
         return sides
 
 
+def context(
+    settings: EngineSettings, skipped: str, load_before: tuple[float, float, float], seconds: float
+) -> dict[str, object]:
+    return {
+        "mode": "short" if settings.short else "full",
+        "rounds": settings.rounds,
+        "events": settings.events,
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU, "
+        f"Python {platform.python_version()}",
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "seconds": round(seconds, 1),
+        "skipped": skipped,
+    }
+
+
 async def run_engine_bench(
     settings: EngineSettings,
 ) -> tuple[list[Row], list[LossRow], dict[str, object]]:
-    from .engine_report import context
-
     load_before = os.getloadavg()
     started = time.monotonic()
     async with EngineBench(settings) as bench:
