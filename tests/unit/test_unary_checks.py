@@ -344,7 +344,7 @@ def test_remembered_blocks_decode_as_a_fresh_decoder_does(blocks: list[Any]) -> 
                 huffman=huffman,
             )
             for _ in range(2):  # the second time may come from memory
-                decoded = connection._decode(block).headers
+                decoded = connection._blocks_in.read(block).headers
                 expected = reference.decode(block, raw=True)
                 assert decoded == [(bytes(n), bytes(v)) for n, v in expected]
                 if changes_table(block):

@@ -63,7 +63,7 @@ async def test_header_blocks_decode_in_step_with_the_servers_table() -> None:
         if i == 20:
             encoder.header_table_size = 128  # the next block carries a size update and evicts
     for headers in blocks:
-        assert connection._decode(encoder.encode(headers)).headers == _as_bytes(headers)
+        assert connection._blocks_in.read(encoder.encode(headers)).headers == _as_bytes(headers)
 
 
 async def test_a_frame_beyond_our_max_size_fails_the_connection() -> None:

@@ -14,7 +14,6 @@ import struct
 from collections import deque
 from typing import cast
 
-from hpack import Decoder
 from hpack.exceptions import HPACKError
 
 from .errors import RpcError
@@ -53,15 +52,13 @@ from .h2wire import (
     SETTINGS,
     SMALL_BODY,
     WINDOW_UPDATE,
-    Block,
+    BlockReader,
     PeerProtocolError,
-    changes_table,
     check_frame,
     expect,
     frame,
     frame_head,
     outcome,
-    read_block,
     read_settings,
     request_headers,
 )
@@ -101,7 +98,7 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()  # the start of a frame that has not fully arrived
         self._need = 9  # bytes the buffer must hold before it is parsed again
-        self._decoder = Decoder()
+        self._blocks_in = BlockReader(REMEMBERED_BLOCKS)  # response header blocks
         self._streams: dict[int, _Stream] = {}
         self._next_id = 1
         self._peer_window = INITIAL_WINDOW  # peer's initial stream window
@@ -114,7 +111,6 @@ class Connection(asyncio.Protocol):
         self._header_block: tuple[int, int, bytearray] | None = None  # stream, flags, fragments
         self._loop = asyncio.get_running_loop()
         self._outbox: list[bytes] = []
-        self._decoded: dict[bytes, Block] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf  # when the deadline timer fires (loop time)
         self.ready: asyncio.Future[None] = self._loop.create_future()
@@ -489,7 +485,7 @@ class Connection(asyncio.Protocol):
             self._on_header_block(block_flags, block_stream, bytes(fragment))
 
     def _on_header_block(self, flags: int, stream_id: int, block: bytes) -> None:
-        said = self._decode(block)
+        said = self._blocks_in.read(block)
         stream = self._streams.get(stream_id)
         if stream is None:
             self._unknown_stream(stream_id, "HEADERS")
@@ -505,20 +501,6 @@ class Connection(asyncio.Protocol):
                 stream.message = said.grpc_message
         if flags & END_STREAM:
             self._finish(stream_id)
-
-    def _decode(self, block: bytes) -> Block:
-        """Decode every block in order (keeps the table in step); remember the ones
-        decoded since the table last changed (see the module's notes)."""
-        said = self._decoded.get(block)
-        if said is None:
-            said = read_block(
-                [(bytes(n), bytes(v)) for n, v in self._decoder.decode(block, raw=True)]
-            )
-            if changes_table(block):
-                self._decoded.clear()
-            elif len(self._decoded) < REMEMBERED_BLOCKS:
-                self._decoded[block] = said
-        return said
 
     def _on_settings(self, flags: int, payload: bytes) -> None:
         """Apply the peer's settings in order (range-checked by ``read_settings``)."""
