@@ -103,11 +103,13 @@ modules:
 """
 
 
-def ours_ingest() -> str:
+def _ingest(name: str, broker: str, raw_body: bool, publish: str, answer: str) -> str:
+    """An HTTP route -> a publish step -> a 202 answer; the rows differ in the step."""
+    raw = "\n        include_raw_body: true" if raw_body else ""
     return f"""\
-name: bench-ours-ingest
+name: {name}
 modules:
-{_HTTP}{_BUS}workflows:
+{_HTTP}{broker}workflows:
   http:
     server: web
     router: router
@@ -117,48 +119,42 @@ pipelines:
       type: http
       config:
         path: {ROUTE}
-        method: POST
-        include_raw_body: true
+        method: POST{raw}
     steps:
       - name: publish
+{publish}      - name: respond
+        type: step.json_response
+        config:
+          status: 202
+          body:
+{answer}"""
+
+
+def ours_ingest() -> str:
+    return _ingest(
+        "bench-ours-ingest",
+        _BUS,
+        True,
+        f"""\
         type: step.eventbus.publish
         config:
           subject: {IN_SUBJECT}
           payload: "{{{{ .request_body }}}}"
-      - name: respond
-        type: step.json_response
-        config:
-          status: 202
-          body:
-            sequence: "{{{{ .steps.publish.sequence }}}}"
-"""
+""",
+        '            sequence: "{{ .steps.publish.sequence }}"\n',
+    )
 
 
 def builtin_ingest() -> str:
-    return f"""\
-name: bench-builtin-ingest
-modules:
-{_HTTP}{_BUILTIN_BROKER}workflows:
-  http:
-    server: web
-    router: router
-pipelines:
-  ingest:
-    trigger:
-      type: http
-      config:
-        path: {ROUTE}
-        method: POST
-    steps:
-      - name: publish
+    return _ingest(
+        "bench-builtin-ingest",
+        _BUILTIN_BROKER,
+        False,
+        f"""\
         type: step.publish
         config:
           topic: {IN_SUBJECT}
           broker: broker
-      - name: respond
-        type: step.json_response
-        config:
-          status: 202
-          body:
-            published: true
-"""
+""",
+        "            published: true\n",
+    )
