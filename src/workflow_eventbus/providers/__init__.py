@@ -7,9 +7,9 @@ branches on a provider's name, except the IaC declarations (``engine/iac.py``),
 which build per-provider resources. Adding a provider is one entry here plus its
 package.
 
-A runtime class is imported on first use (``spec.load()``); the provider rules
-this module imports (``pgchannel/rules.py``) load their package, and with it
-psycopg, so importing the registry costs that once.
+A runtime class is imported on first use (``spec.load()``), so validating a
+config does not import every broker's client library (the provider packages load
+their providers lazily).
 """
 
 from __future__ import annotations
