@@ -64,10 +64,10 @@ class Derived:
         return sum(counts[n] - 1 for n in ids if n in counts)
 
 
-async def subscribe(nc: NatsClient, derived: Derived) -> Callable[[], Awaitable[None]]:
-    sub = await nc.subscribe(OUT_SUBJECT, cb=derived.on_message, pending_msgs_limit=1_000_000)
+async def subscribe(nc: NatsClient, derived: Derived) -> None:
+    """Count the derived events into ``derived`` for as long as ``nc`` is open."""
+    await nc.subscribe(OUT_SUBJECT, cb=derived.on_message, pending_msgs_limit=1_000_000)
     await nc.flush()
-    return sub.unsubscribe
 
 
 async def publish_all(nc: NatsClient, ids: range) -> None:

@@ -116,7 +116,6 @@ class EngineBench(Service):
         self.bin_dir = Path()
         self.nc: NatsClient | None = None
         self.derived = job.Derived()
-        self._unsubscribe: Callable[[], object] | None = None
         self._next_id = 1
         self.http_port = 0
 
@@ -125,7 +124,7 @@ class EngineBench(Service):
         await self.server.start()
         self.nc = await nats.connect(self.server.url)
         await self.nc.jetstream().add_stream(name=apps.STREAM, subjects=[apps.SUBJECTS])
-        self._unsubscribe = await job.subscribe(self.nc, self.derived)
+        await job.subscribe(self.nc, self.derived)  # ends with the connection
 
     async def teardown(self) -> None:
         if self.nc is not None:
