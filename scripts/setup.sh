@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent setup for a fresh machine: the project venv with pinned packages,
-# and (as root, with apt) the PostgreSQL server package the pgchannel tests use
-# and the Prometheus server package the metrics scrape test uses.
+# and (as root, with apt) the PostgreSQL server package the pgchannel tests use,
+# the Prometheus server package the metrics scrape test uses, and the Kafka
+# broker jars (Maven Central; Java and Maven from Debian when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,3 +38,14 @@ if [ ! -x /usr/bin/prometheus ]; then
     echo "warning: /usr/bin/prometheus not found; the Prometheus scrape test needs it" >&2
   fi
 fi
+
+# Kafka: the broker jars from Maven Central (needs java and mvn) into a cache dir.
+if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Java 17 and Maven (Debian packages; the Kafka tests run a real broker)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless maven >/dev/null
+  fi
+fi
+bash scripts/kafka/fetch_jars.sh

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest_asyncio
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
 from workflow_eventbus.core.errors import BrokerUnavailableError, ConfigError
+from workflow_eventbus.devservers.certs import make_certs
 from workflow_eventbus.devservers.nats_server import EmbeddedNats
 from workflow_eventbus.providers.nats import NatsProvider
 
@@ -107,25 +107,6 @@ async def test_missing_credential_file_names_setting(field: str, tmp_path: Path)
     with pytest.raises(ConfigError) as err:
         await connects(cluster, "nats://127.0.0.1:1", 1)
     assert field in str(err.value) and missing in str(err.value)
-
-
-def make_certs(folder: Path) -> dict[str, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1, via the openssl CLI."""
-    files = {n: folder / f"{n}.pem" for n in ("ca", "ca-key", "server", "server-key")}
-    ext = folder / "ext.cnf"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    csr = folder / "server.csr"
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
-        "-keyout", str(files["ca-key"]), "-out", str(files["ca"]))  # fmt: skip
-    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-        "-keyout", str(files["server-key"]), "-out", str(csr))  # fmt: skip
-    run("x509", "-req", "-in", str(csr), "-CA", str(files["ca"]), "-CAkey", str(files["ca-key"]),
-        "-CAcreateserial", "-days", "1", "-extfile", str(ext), "-out", str(files["server"]))  # fmt: skip
-    return files
 
 
 async def test_tls_with_ca_file(tmp_path: Path) -> None:
