@@ -15,10 +15,36 @@ import sys
 from collections.abc import Sequence
 
 from .._version import __version__
-from . import bench, demo, dlq, install, manifest, migrate, publish, serve, status, tail, validate
+from . import (
+    bench,
+    demo,
+    dlq,
+    install,
+    manifest,
+    migrate,
+    publish,
+    serve,
+    status,
+    tail,
+    upgrade_config,
+    validate,
+)
 
 # Each module provides add_parser(subparsers); the parser it adds sets `func`.
-COMMANDS = (serve, install, manifest, demo, migrate, bench, dlq, validate, status, publish, tail)
+COMMANDS = (
+    serve,
+    install,
+    manifest,
+    demo,
+    migrate,
+    bench,
+    dlq,
+    validate,
+    upgrade_config,
+    status,
+    publish,
+    tail,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

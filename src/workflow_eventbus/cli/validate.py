@@ -1,7 +1,8 @@
 """``validate APP_YAML``: check the event bus parts of an app config, offline.
 
-Every ``eventbus.*`` module (and the old ``infra.eventbus*`` names, with a
-deprecation note), every ``step.eventbus.*`` step of a pipeline (``steps:`` and
+Every ``eventbus.*`` module (and the old ``infra.eventbus*`` names, each with a
+deprecation note and counted in the summary: ``wfctl infra plan`` takes them for
+cloud resources; ``upgrade-config`` rewrites them), every ``step.eventbus.*`` step of a pipeline (``steps:`` and
 ``compensation:``) or of an HTTP route's inline pipeline, and every
 ``trigger.eventbus.subscribe`` pipeline trigger goes through the decoder and the
 constructors the plugin uses (EventBus.create_module, create_step,
@@ -96,6 +97,7 @@ class Entry:
 class Report:
     problems: list[Problem] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)  # module type, "step", "trigger"
+    deprecated: int = 0  # old module type names (notes, not failures)
 
 
 def add_parser(sub: Any) -> None:
@@ -130,7 +132,9 @@ def run(ns: argparse.Namespace) -> int:
     order = (("broker", BROKER), ("stream", STREAM), ("consumer", CONSUMER))
     parts = [_plural(report.counts.get(key, 0), word) for word, key in order]
     parts += [_plural(report.counts.get(key, 0), key) for key in ("step", "trigger")]
-    print(f"{shown}: ok: {', '.join(parts)}")
+    old = report.deprecated
+    upgrade = f"; {_plural(old, 'deprecated type')}: run upgrade-config {shown}" if old else ""
+    print(f"{shown}: ok: {', '.join(parts)}{upgrade}")
     return 0
 
 
@@ -173,6 +177,7 @@ class _Checker:
         self.streams: dict[str, Entry] = {}  # stream name -> module
         self.consumers: dict[str, Entry] = {}  # durable name -> module
         self.broken: set[str] = set()  # durable names of consumer modules that failed
+        self.deprecated = 0  # modules written with an old infra.eventbus* type
 
     # -- reporting -------------------------------------------------------------
     def _entry_node(self, entry: Entry) -> Any:
@@ -219,6 +224,7 @@ class _Checker:
             kind = entry.canonical if entry.kind == "module" else entry.kind
             report.counts["trigger" if kind == SUBSCRIBE else kind] += 1
         report.problems.extend(self.problems)
+        report.deprecated = self.deprecated
 
     def _entries(self) -> Iterator[Entry]:
         root = self.doc.value if isinstance(self.doc.value, dict) else {}
@@ -286,10 +292,13 @@ class _Checker:
             self._add_at(
                 entry,
                 "type",
-                f"{entry.where}: type {entry.type_name} is deprecated; write "
-                f"type: {entry.canonical} (the config stays the same)",
+                f"{entry.where}: type {entry.type_name} is deprecated: wfctl infra plan "
+                "takes every infra.* module for a cloud resource; write "
+                f"type: {entry.canonical} (the config stays the same; upgrade-config "
+                "rewrites it)",
                 note=True,
             )
+            self.deprecated += 1
         if entry.canonical == SUBSCRIBE:
             self._add_at(
                 entry,

@@ -12,7 +12,9 @@ lost (``broker.lost``, WARNING) and restored (``broker.restored``, INFO, so
 that a lost one is seen to end), a message dead-lettered
 (``message.dead_lettered``, WARNING), a drain cut by the host's deadline and
 pipelines cut short when a trigger stops (``trigger.drain_cut``,
-``trigger.pipeline_cut_short``, ``trigger.stopped_cut_short``, WARNING).
+``trigger.pipeline_cut_short``, ``trigger.stopped_cut_short``, WARNING), a
+module created with an old ``infra.eventbus*`` type (``module.deprecated_type``,
+WARNING: ``wfctl infra plan`` would plan it as a cloud resource).
 
 The entry: ``level`` ``info``, ``warn`` or ``error``; ``message`` the
 formatted text; ``fields`` the ``extra`` keys (``event`` and the record's

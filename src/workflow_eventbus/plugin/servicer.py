@@ -37,6 +37,7 @@ from ..core import capabilities
 from ..core.config import decode
 from ..core.errors import ConfigError, EventbusError, NotFoundError, RequestError
 from ..core.names import (
+    MODULE_ALIASES,
     PUBLISH_STEP,
     STEP_TYPES,
     SUBSCRIBE,
@@ -55,6 +56,25 @@ from .callbacks.client import CallbackClient
 from .observability import telemetry_from_environ
 
 log = logging.getLogger("workflow_eventbus.plugin")
+
+
+def _warn_deprecated_type(old: str, new: str, name: str) -> None:
+    """The old ``infra.eventbus*`` names still run, but wfctl infra plan takes every
+    ``infra.*`` module for a cloud resource: say so to the engine's log."""
+    log.warning(
+        "module %r: type %s is deprecated: wfctl infra plan takes every infra.* module for "
+        "a cloud resource; write type: %s (workflow-plugin-eventbus upgrade-config rewrites it)",
+        name,
+        old,
+        new,
+        extra={
+            "event": "module.deprecated_type",
+            "module_name": name,
+            "type": old,
+            "canonical": new,
+        },
+    )
+
 
 M = TypeVar("M", bound=Message)
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -235,6 +255,8 @@ class PluginService(pgrpc.PluginServiceServicer):
             obj = InertSubscribeModule(request.name, cast(pb.ConsumerConfig, cfg))
         else:
             obj = self.bus.create_module(module_type, request.name, config)
+        if request.type in MODULE_ALIASES:
+            _warn_deprecated_type(request.type, module_type, request.name)
         return self._register(_Handle("module", module_type, request.name, obj))
 
     def _register(self, handle: _Handle) -> str:
