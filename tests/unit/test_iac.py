@@ -1,4 +1,6 @@
-"""IaC declarations for every provider x deploy target."""
+"""The IaC generator's dispatch and builders (engine/iac), and the state helpers."""
+
+import socket
 
 import pytest
 
@@ -10,99 +12,113 @@ from workflow_eventbus.providers import REGISTRY
 GIB10 = 10 * 1024**3
 
 
-def nats(target, **kw):
-    return pb.ClusterConfig(provider="nats", deploy_target=target, **kw)
+def broker(target="", name="bus", streams=(), **kw):
+    kw.setdefault("provider", "nats")
+    return iac.Broker(name, pb.ClusterConfig(deploy_target=target, **kw), tuple(streams))
 
 
-def test_digitalocean_app_platform_matches_the_go_shapes():
-    cfg = nats("digitalocean.app_platform", jetstream={"enabled": True, "max_storage_bytes": GIB10})
-    container, storage = iac.resources(cfg)
-    assert container.kind == "infra.container_service" and container.name == "nats"
-    assert dict(container.properties) == {
-        "image": "docker.io/library/nats:2.10",
-        "instance_count": "1",
-        "run_command": "-m 8222 -js -sd /data -ms 10737418240 --cluster nats://0.0.0.0:6222",
-        "internal_ports": "4222,8222,6222",
-        "storage_ref": "nats-jetstream",
-    }
-    assert dict(container.labels) == {
-        "provider": "nats",
-        "deploy_target": "digitalocean.app_platform",
-    }
-    assert storage == iac.Resource(
-        "infra.storage",
-        "nats-jetstream",
-        {"storage_size_bytes": str(GIB10)},
-        {"provider": "nats", "purpose": "jetstream"},
-    )
-
-
-def test_without_jetstream_there_is_no_storage_and_cluster_flag_stays():
-    (only,) = iac.resources(nats("digitalocean.app_platform", replicas=3, version="2.11"))
-    assert only.properties["run_command"] == "-m 8222 --cluster nats://0.0.0.0:6222"
-    assert only.properties["instance_count"] == "3"
-    assert only.properties["image"].endswith(":2.11")
-
-
-def test_latest_is_refused():
-    with pytest.raises(ConfigError, match="floating tags are not allowed"):
-        iac.resources(nats("kubernetes", version="LATEST"))
+def one(b, **options):
+    return iac.build(b, iac.Options(**options))
 
 
 @pytest.mark.parametrize(
-    ("provider", "target"), [(s.name, t) for s in REGISTRY.values() for t in s.deploy_targets]
+    ("provider", "target"),
+    [(s.name, t) for s in REGISTRY.values() if not s.test_double for t in s.deploy_targets or [""]],
 )
-def test_every_pair_declares_resources(provider, target):
-    cfg = pb.ClusterConfig(provider=provider, deploy_target=target, kinesis={"region": "eu-west-1"})
-    out = iac.resources(cfg)
-    assert out, f"{provider} x {target} declared nothing"
-    assert all(r.labels["deploy_target"] == target for r in out if "deploy_target" in r.labels)
-
-
-def test_kubernetes_statefulset_routes_every_replica():
-    sts, headless, client = iac.resources(
-        nats("kubernetes", replicas=3, jetstream={"enabled": True})
+def test_every_provider_and_target_of_the_registry_has_a_builder(provider, target):
+    cfg = {"provider": provider, "kinesis": {"region": "eu-west-1"}}
+    if provider == "pgchannel":
+        cfg["broker_target"] = "in_process"
+    built = iac.build(
+        iac.Broker("bus", pb.ClusterConfig(deploy_target=target, **cfg)), iac.Options()
     )
-    assert sts.kind == "kubernetes.statefulset" and sts.properties["replicas"] == "3"
-    assert "nats://nats-2.nats-headless:6222" in sts.properties["args"]
-    assert headless.properties["cluster_ip"] == "None" and client.properties["ports"] == "4222"
+    # Something for a tool, or at least a statement of what the operator does.
+    assert built.modules or built.files or built.sidecars or built.notes
+    assert all(note.strip() for note in built.notes)
 
 
-def test_pgchannel_and_unsupported_pairs():
-    (schema,) = iac.resources(
-        pb.ClusterConfig(provider="pgchannel", broker_target="in_process", schema="bus")
-    )
-    assert schema.kind == "postgres.schema" and schema.properties["schema"] == "bus"
+def test_the_test_double_and_bad_targets_are_refused():
+    with pytest.raises(ConfigError, match="is the in-process unit-test double"):
+        one(broker(provider="memory"))
     with pytest.raises(ConfigError, match="does not support this deploy target"):
-        iac.resources(nats("aws.kinesis"))
-    with pytest.raises(ConfigError, match="kinesis.region: is required"):
-        iac.resources(pb.ClusterConfig(provider="kinesis", deploy_target="aws.kinesis"))
+        one(broker("aws.kinesis"))
 
 
-def test_stream_resources_use_go_property_names():
-    streams = [
-        pb.StreamConfig(
-            name="ORDERS",
-            subjects=["orders.>", "refunds.>"],
-            retention_policy=pb.RETENTION_POLICY_WORKQUEUE,
-            max_age={"seconds": 604800},
-            ack_wait={"seconds": 30},
-        )
-    ]
-    (res,) = iac.stream_resources(streams, iac.State({"uri": iac.Output("nats://n:4222")}))
-    assert res.kind == "nats.stream_create"
-    assert dict(res.properties) == {
-        "name": "ORDERS",
-        "subjects": "orders.>,refunds.>",
-        "retention_policy": "workqueue",
-        "num_replicas": "1",
-        "max_bytes": "0",
-        "server_uri": "nats://n:4222",
-        "max_age": "168h0m0s",
-        "ack_wait": "30s",
+def test_app_platform_properties_have_the_types_the_digitalocean_driver_reads():
+    built = one(broker("digitalocean.app_platform", jetstream={"max_storage_bytes": GIB10}))
+    (module,) = built.modules
+    assert (module.name, module.type) == ("bus-nats", "infra.container_service")
+    assert module.config == {
+        "provider": "do-provider",
+        "image": "docker.io/library/nats:2.10-alpine",
+        "instance_count": 1,
+        "run_command": "nats-server --jetstream --store_dir /data/jetstream --http_port 8222 "
+        "--server_name bus",
+        "expose": "internal",
+        "internal_ports": [4222, 8222],
+        "health_check": {
+            "http_path": "/healthz",
+            "port": 8222,
+            "initial_delay_seconds": 5,
+            "period_seconds": 10,
+        },
     }
-    with pytest.raises(ConfigError, match="subjects"):
-        iac.stream_resources([pb.StreamConfig(name="X")], iac.State())
+    assert any("ephemeral disk" in n and "Spaces" in n for n in built.notes)
+    assert not built.files and not built.sidecars  # no infra.storage: Spaces holds no store
+    named = one(broker("digitalocean.app_platform", version="2.11"), do_provider="do")
+    assert named.modules[0].config["provider"] == "do"
+    assert named.modules[0].config["image"].endswith(":2.11-alpine")
+
+
+def test_app_platform_refuses_a_cluster_and_r3_streams():
+    with pytest.raises(ConfigError, match="replicas: App Platform instances cannot form"):
+        one(broker("digitalocean.app_platform", replicas=3))
+    r3 = pb.StreamConfig(name="ORDERS", subjects=["o.>"], num_replicas=3)
+    with pytest.raises(ConfigError, match='stream "ORDERS": num_replicas: is more than the 1'):
+        one(broker("digitalocean.app_platform", streams=[r3]))
+
+
+def test_latest_is_refused_and_names_must_make_dns_labels():
+    with pytest.raises(ConfigError, match="floating tags are not allowed"):
+        one(broker("kubernetes", version="LATEST"))
+    with pytest.raises(ConfigError, match="cannot name generated resources"):
+        one(broker("digitalocean.app_platform", name="a-broker-name-far-too-long-for-do"))
+    with pytest.raises(ConfigError, match="two brokers generate the same infra module"):
+        iac.generate(
+            [
+                broker("digitalocean.app_platform", "my_bus"),
+                broker("digitalocean.app_platform", "my-bus"),
+            ]
+        )
+
+
+def test_self_hosted_cluster_has_one_config_and_unit_per_server_routing_to_all():
+    built = one(broker("self_hosted", replicas=3, jetstream={"max_memory_bytes": 1024}))
+    paths = [f.path for f in built.files]
+    assert paths == [f"bus/nats-{i}.{ext}" for i in range(3) for ext in ("conf", "service")]
+    conf = built.files[2].text
+    assert "server_name: bus-nats-1\n" in conf and "max_memory_store: 1024\n" in conf
+    for i in range(3):
+        assert f'"nats://bus-nats-{i}:6222"' in conf
+    unit = built.files[3].text
+    assert "ExecStart=/usr/local/bin/nats-server -c /etc/nats/bus/nats-1.conf\n" in unit
+    assert "StateDirectory=nats/bus\n" in unit and 'store_dir: "/var/lib/nats/bus"' in conf
+    single = one(broker("self_hosted"))
+    assert [f.path for f in single.files] == ["bus/nats-server.conf", "bus/nats-server.service"]
+    assert "cluster {" not in single.files[0].text
+
+
+def test_pgchannel_gives_the_migration_command_and_managed_services_a_statement():
+    pg = one(broker(provider="pgchannel", broker_target="in_process", schema="orders"))
+    (script,) = pg.files
+    assert script.path == "bus/migrate.sh"
+    assert 'exec workflow-plugin-eventbus migrate --schema orders "$@"\n' in script.text
+    kafka = one(broker("aws.msk", provider="kafka", kafka={"default_replication_factor": 3}))
+    assert not (kafka.modules or kafka.files) and "replication factor 3" in kafka.notes[0]
+    kinesis = one(broker("aws.kinesis", provider="kinesis", kinesis={"region": "eu-west-1"}))
+    assert "region eu-west-1, 1 shard(s)" in kinesis.notes[0]
+    ecs = one(broker("aws.ecs"))
+    assert not ecs.files and "nothing generated" in ecs.notes[0]
 
 
 def test_go_duration_text():
@@ -119,8 +135,6 @@ def test_connection_string_prefers_env_output():
 
 async def test_probe_a_real_server_and_a_closed_port(nats_server):
     assert await iac.probe("127.0.0.1", nats_server.port) == "healthy"
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -3,9 +3,9 @@
 This is the one place that knows which providers exist. Config validation,
 the broker module, the contract registry's provider options, the CLI and the
 conformance suite all read :data:`REGISTRY`; nothing outside this package
-branches on a provider's name, except the IaC declarations (``engine/iac.py``),
-which build per-provider resources. Adding a provider is one entry here plus its
-package.
+branches on a provider's name: the IaC generator (``engine/iac``) picks its
+builders by ``ProviderSpec.iac`` and the deploy target. Adding a provider is one
+entry here plus its package.
 
 A runtime class is imported on first use (``spec.load()``), so validating a
 config does not import every broker's client library (the provider packages load
@@ -24,6 +24,7 @@ from ..core.config import parse_duration
 from ..core.errors import ConfigError
 from ..core.names import BROKER, env_key
 from . import targets as t
+from .kafka.rules import validate_kafka
 from .pgchannel.rules import validate_pgchannel
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class ProviderSpec:
     defaults: Mapping[str, str] = field(default_factory=dict)  # settings the CLI fills in
     test_double: bool = False  # refused unless the EventBus opts in (tests)
     validate: Validator | None = None  # provider-specific rules beyond the common ones
+    iac: str = t.MANAGED  # what the IaC generator produces: targets.NATS_SERVER, ...
 
     @property
     def runs(self) -> bool:
@@ -103,6 +105,7 @@ REGISTRY: Mapping[str, ProviderSpec] = {
             url_schemes=("nats", "tls", "ws", "wss"),
             url_required=False,
             defaults={"deploy_target": t.SELF_HOSTED},
+            iac=t.NATS_SERVER,
         ),
         ProviderSpec(
             "pgchannel",
@@ -111,16 +114,22 @@ REGISTRY: Mapping[str, ProviderSpec] = {
             url_schemes=("postgres", "postgresql"),
             defaults={"broker_target": t.IN_PROCESS},
             validate=validate_pgchannel,
+            iac=t.POSTGRES_SCHEMA,
         ),
         ProviderSpec(
             "kafka",
-            "Apache Kafka (IaC declarations only)",
+            "Apache Kafka (topics, consumer groups, committed offsets)",
+            runtime="workflow_eventbus.providers.kafka:KafkaProvider",
             deploy_targets=(
                 t.DIGITALOCEAN_MANAGED_KAFKA,
                 t.AWS_MSK,
                 t.KUBERNETES,
                 t.SELF_HOSTED,
             ),
+            url_env=("KAFKA_BOOTSTRAP_SERVERS",),
+            url_schemes=("kafka",),
+            defaults={"deploy_target": t.SELF_HOSTED},
+            validate=validate_kafka,
         ),
         ProviderSpec(
             "kinesis",
@@ -133,6 +142,7 @@ REGISTRY: Mapping[str, ProviderSpec] = {
             runtime="workflow_eventbus.providers.memory:MemoryProvider",
             url_required=False,
             test_double=True,
+            iac="",
         ),
     )
 }
