@@ -22,7 +22,7 @@ import argparse
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -31,8 +31,9 @@ from ..core.config import decode
 from ..core.defaults import DEFAULT_DO_IAC_PROVIDER
 from ..core.errors import ConfigError, EventbusError
 from ..core.names import BROKER, STREAM, canonical_module_type
-from ..engine import iac
-from ..engine.iac import render
+
+if TYPE_CHECKING:
+    from ..engine import iac
 
 DEFAULT_OUT = "eventbus.infra.yaml"
 
@@ -62,6 +63,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
+    from ..engine import iac  # on use: the plugin process never needs it
+
     app = Path(ns.config)
     out = Path(ns.out) if ns.out else app.parent / DEFAULT_OUT
     try:
@@ -104,6 +107,8 @@ def files_folder(out: Path) -> Path:
 
 def read_brokers(app: Path) -> list[iac.Broker]:
     """The app's brokers (old type names too) with the streams that name each."""
+    from ..engine import iac
+
     root = yaml.safe_load(app.read_text(encoding="utf-8")) or {}
     modules = root.get("modules") if isinstance(root, dict) else None
     configs: dict[str, pb.ClusterConfig] = {}
@@ -129,6 +134,8 @@ def read_brokers(app: Path) -> list[iac.Broker]:
 
 def render_all(app: Path, out: Path, generated: iac.Generated) -> dict[Path, str]:
     """Every file to write, by path: the imports file first, then its folder's."""
+    from ..engine.iac import render
+
     folder = files_folder(out)
     try:
         source = app.resolve().relative_to(out.resolve().parent)

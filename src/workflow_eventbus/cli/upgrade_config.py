@@ -26,14 +26,14 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import YAMLError
+from typing import TYPE_CHECKING, Any
 
 from ..core.names import MODULE_ALIASES, SUBSCRIBE
 from ..engine.trigger import ALIASES
+
+if TYPE_CHECKING:
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
 
 _ALIGNED_COMMENT = re.compile(r"( {3,})#")  # spaces that line a comment up with others
 
@@ -70,6 +70,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
+    from ruamel.yaml.error import YAMLError  # on use: the plugin process never needs it
+
     path = Path(ns.app)
     try:
         text = path.read_text(encoding="utf-8")
@@ -106,6 +108,9 @@ def run(ns: argparse.Namespace) -> int:
 
 def upgrade(text: str) -> Upgrade:
     """The edits that bring ``text`` to today's names, and the text after them."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
     yaml = YAML(typ="rt")
     root = yaml.load(text)
     edits: list[Edit] = []
