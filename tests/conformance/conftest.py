@@ -58,6 +58,8 @@ def broker_url(kind: str, request: pytest.FixtureRequest) -> str:
         return str(request.getfixturevalue("nats_url"))
     if kind == "pgchannel":
         return str(request.getfixturevalue("pg_dsn"))
+    if kind == "kafka":
+        return str(request.getfixturevalue("kafka_url"))
     return f"memory://{uuid.uuid4().hex}"
 
 
@@ -72,7 +74,19 @@ def private_broker(
     if kind == "pgchannel":
         server = request.getfixturevalue("pg_server_fresh")
         return server.dsn, server.restart
+    if kind == "kafka":
+        kafka = request.getfixturevalue("kafka_server_fresh")
+        return kafka.url, kafka.restart
     return f"memory://{uuid.uuid4().hex}", None
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def kafka_server_fresh() -> AsyncIterator[Any]:
+    """A one-node Kafka of this test alone (restart keeps its ports and data)."""
+    from workflow_eventbus.devservers.kafka import KafkaServer
+
+    async with KafkaServer() as server:
+        yield server
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -196,7 +196,7 @@ class ClusterConfig(_message.Message):
     SCHEMA_FIELD_NUMBER: _builtins.int
     AUTO_MIGRATE_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
-    """Broker runtime: nats (JetStream) or pgchannel (PostgreSQL); kafka and kinesis are IaC declarations only. Required."""
+    """Broker runtime: nats (JetStream), pgchannel (PostgreSQL) or kafka; kinesis is IaC declarations only. Required."""
     deploy_target: _builtins.str
     """Where the broker runs (nats: digitalocean.app_platform, aws.ecs, aws.eks, kubernetes, self_hosted). Required for nats, kafka and kinesis."""
     version: _builtins.str
@@ -204,7 +204,7 @@ class ClusterConfig(_message.Message):
     replicas: _builtins.int
     """Server replicas of a declared broker (IaC); >= 0."""
     dsn: _builtins.str
-    """Broker URL: nats://host:4222 or postgresql://user@host/db. Default: EVENTBUS_<NAME>_URI, then NATS_URL (nats)."""
+    """Broker URL: nats://host:4222, postgresql://user@host/db or kafka://host:9092[,host2:9092]. Default: EVENTBUS_<NAME>_URI, then NATS_URL (nats) or KAFKA_BOOTSTRAP_SERVERS (kafka)."""
     poll_interval: _builtins.str
     """pgchannel: how often it looks for new rows when no NOTIFY came. Default 1s; > 0."""
     broker_target: _builtins.str
@@ -214,10 +214,10 @@ class ClusterConfig(_message.Message):
     user: _builtins.str
     """Extensions (NATS auth and TLS, connection tuning, pgchannel schema).
 
-    NATS user name (with password).
+    NATS user name (with password); kafka: the SASL user.
     """
     password: _builtins.str
-    """NATS password; never logged."""
+    """NATS password; kafka: the SASL password; never logged."""
     token: _builtins.str
     """NATS token; never logged."""
     nkey_seed_file: _builtins.str
@@ -351,10 +351,15 @@ class KafkaConfig(_message.Message):
     DEFAULT_REPLICATION_FACTOR_FIELD_NUMBER: _builtins.int
     MIN_INSYNC_REPLICAS_FIELD_NUMBER: _builtins.int
     bootstrap_servers: _builtins.str
+    """host:port[,host:port]; used when the broker has no URL."""
     security_protocol: Global___KafkaSecurityProtocol.ValueType
+    """Default: SASL_PLAINTEXT with a user, SSL with tls files, SASL_SSL with both, else PLAINTEXT."""
     sasl_mechanism: Global___KafkaSaslMechanism.ValueType
+    """SASL mechanism with a user. Default SCRAM_SHA_512."""
     default_replication_factor: _builtins.int
+    """Replicas of each topic a stream without num_replicas creates. Default 3, at most the brokers; >= 0."""
     min_insync_replicas: _builtins.int
+    """min.insync.replicas of the topics the bus creates. Default: the broker's; >= 0."""
     def __init__(
         self,
         *,
@@ -440,6 +445,7 @@ class StreamConfig(_message.Message):
     DUPLICATE_WINDOW_FIELD_NUMBER: _builtins.int
     MAX_MSGS_FIELD_NUMBER: _builtins.int
     MAX_MSG_SIZE_FIELD_NUMBER: _builtins.int
+    PARTITIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Stream name. Required; letters, digits, '-' and '_'; at most 255 characters (pgchannel: [A-Za-z0-9_], at most 54)."""
     retention_policy: Global___RetentionPolicy.ValueType
@@ -458,6 +464,8 @@ class StreamConfig(_message.Message):
     """Message count limit. Default -1 (unlimited); >= -1."""
     max_msg_size: _builtins.int
     """Largest payload accepted, in bytes. Default -1 (the server's limit); >= -1."""
+    partitions: _builtins.int
+    """kafka: partitions of each topic of the stream. Default 1; 0 to 4096 (0 means the default). With more than 1, order holds per subject only."""
     @_builtins.property
     def subjects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Subjects the stream stores; wildcards * (one token) and > (the rest) allowed. At least one."""
@@ -489,10 +497,11 @@ class StreamConfig(_message.Message):
         duplicate_window: _duration_pb2.Duration | None = ...,
         max_msgs: _builtins.int = ...,
         max_msg_size: _builtins.int = ...,
+        partitions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ack_wait", b"ack_wait", "duplicate_window", b"duplicate_window", "max_age", b"max_age"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_wait", b"ack_wait", "broker_ref", b"broker_ref", "duplicate_window", b"duplicate_window", "max_age", b"max_age", "max_bytes", b"max_bytes", "max_msg_size", b"max_msg_size", "max_msgs", b"max_msgs", "name", b"name", "num_replicas", b"num_replicas", "retention_policy", b"retention_policy", "storage", b"storage", "subjects", b"subjects"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_wait", b"ack_wait", "broker_ref", b"broker_ref", "duplicate_window", b"duplicate_window", "max_age", b"max_age", "max_bytes", b"max_bytes", "max_msg_size", b"max_msg_size", "max_msgs", b"max_msgs", "name", b"name", "num_replicas", b"num_replicas", "partitions", b"partitions", "retention_policy", b"retention_policy", "storage", b"storage", "subjects", b"subjects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

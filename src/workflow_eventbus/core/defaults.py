@@ -17,6 +17,11 @@ DEFAULT_PG_POLL_INTERVAL = 1.0  # s; poll_interval, > 0: how often pgchannel loo
 
 # --- stream (eventbus.stream) ------------------------------------------------------
 DEFAULT_DUPLICATE_WINDOW = 120.0  # s; duplicate_window (JetStream's default); capped at max_age
+DEFAULT_KAFKA_PARTITIONS = 1  # kafka: partitions per topic of a stream; 0..4096 (0 = default)
+DEFAULT_KAFKA_REPLICATION = 3  # kafka: replicas per topic, at most the brokers; 0 = default
+DEFAULT_KAFKA_DEDUP_IDS = 100_000  # kafka: msg ids a publisher remembers per stream (the window's)
+DEFAULT_KAFKA_PORT = 9092  # kafka: port of a server named without one in the URL
+DEFAULT_KAFKA_SASL_MECHANISM = "SCRAM-SHA-512"  # kafka.sasl_mechanism with a user
 
 # --- consumer (eventbus.consumer) and trigger --------------------------------------
 DEFAULT_ACK_WAIT = 30.0  # s; ack_wait (JetStream's default); else the stream's ack_wait

@@ -24,6 +24,7 @@ from ..core.config import parse_duration
 from ..core.errors import ConfigError
 from ..core.names import BROKER, env_key
 from . import targets as t
+from .kafka.rules import validate_kafka
 from .pgchannel.rules import validate_pgchannel
 
 if TYPE_CHECKING:
@@ -117,13 +118,18 @@ REGISTRY: Mapping[str, ProviderSpec] = {
         ),
         ProviderSpec(
             "kafka",
-            "Apache Kafka (IaC declarations only)",
+            "Apache Kafka (topics, consumer groups, committed offsets)",
+            runtime="workflow_eventbus.providers.kafka:KafkaProvider",
             deploy_targets=(
                 t.DIGITALOCEAN_MANAGED_KAFKA,
                 t.AWS_MSK,
                 t.KUBERNETES,
                 t.SELF_HOSTED,
             ),
+            url_env=("KAFKA_BOOTSTRAP_SERVERS",),
+            url_schemes=("kafka",),
+            defaults={"deploy_target": t.SELF_HOSTED},
+            validate=validate_kafka,
         ),
         ProviderSpec(
             "kinesis",

@@ -1,0 +1,107 @@
+"""Dead letters on Kafka: the records of the dead-letter stream's topics.
+
+Kafka cannot delete one record from the middle of a log, so :meth:`remove`
+writes a removal record to the registry; listing skips removed letters, and
+the records themselves go with the topic's retention. Letters are listed in
+sequence order (topic, partition, offset), which for the dead-letter stream's
+one-partition topic is the order they were written in.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from ...core.deadletter import DEAD_LETTER_STREAM, DeadLetter
+from ...core.defaults import DEFAULT_DEAD_LETTER_LIMIT
+from ...core.errors import NotFoundError
+from ..base import DeadLetterStore
+from .registry import Registry, StreamRecord
+from .streams import partitions_of
+from .topics import encode_sequence
+
+
+class KafkaDeadLetters(DeadLetterStore):
+    def __init__(
+        self,
+        registry: Registry,
+        admin: AIOKafkaAdminClient,
+        options: dict[str, Any],
+        dlq_stream: str = DEAD_LETTER_STREAM,
+        stream_of: Callable[[str], Awaitable[StreamRecord]] | None = None,
+    ) -> None:
+        super().__init__(dlq_stream)
+        self._registry = registry
+        self._admin = admin
+        self._options = options
+        self._stream_of = stream_of
+
+    async def list(
+        self, *, stream: str = "", consumer: str = "", limit: int = DEFAULT_DEAD_LETTER_LIMIT
+    ) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        await self._registry.sync()
+        record = self._registry.stream(self.dlq_stream)
+        if record is None:
+            if self._stream_of is None:
+                return []
+            try:
+                record = await self._stream_of(self.dlq_stream)
+            except NotFoundError:
+                return []  # nothing was dead-lettered yet
+        out: list[DeadLetter] = []
+        reader = AIOKafkaConsumer(enable_auto_commit=False, **self._options)
+        await reader.start()
+        try:
+            for topic in record.topics:
+                for tp in await partitions_of(self._admin, [topic.topic]):
+                    await self._read(
+                        reader, tp, topic.id, stream=stream, consumer=consumer, limit=limit, out=out
+                    )
+                    if len(out) >= limit:
+                        return out
+        finally:
+            await reader.stop()
+        return out
+
+    async def _read(
+        self,
+        reader: AIOKafkaConsumer,
+        tp: TopicPartition,
+        topic_id: int,
+        *,
+        stream: str,
+        consumer: str,
+        limit: int,
+        out: builtins.list[DeadLetter],
+    ) -> None:
+        end = (await reader.end_offsets([tp]))[tp]
+        reader.assign([tp])
+        await reader.seek_to_beginning(tp)
+        while len(out) < limit and await reader.position(tp) < end:
+            batch = await reader.getmany(tp, timeout_ms=1000)
+            for rec in batch.get(tp, []):
+                if rec.offset >= end or len(out) >= limit:
+                    return
+                sequence = encode_sequence(topic_id, tp.partition, rec.offset)
+                if self._registry.removed(self.dlq_stream, sequence):
+                    continue
+                headers = {k: v.decode(errors="replace") for k, v in rec.headers or ()}
+                subject = rec.key.decode() if rec.key else ""
+                letter = DeadLetter.parse(
+                    self.dlq_stream, sequence, subject, headers, rec.value or b""
+                )
+                if letter.matches(stream, consumer):
+                    out.append(letter)
+
+    async def remove(self, letter: DeadLetter) -> None:
+        if not self._registry.removed(letter.dlq_stream, letter.dlq_sequence):
+            await self._registry.put_removed(letter.dlq_stream, letter.dlq_sequence)
+
+    async def close(self) -> None:
+        return None  # the registry is the provider's

@@ -1,0 +1,303 @@
+"""One durable consumer in this process: a Kafka consumer-group member with leases.
+
+Kafka hands each partition of the group's topics to one member; this member
+turns the records of its partitions into bus deliveries:
+
+- every delivery is a lease of ``ack_wait`` seconds, held here; a lease that runs
+  out, or a nak (after its delay), delivers the record again from memory with
+  the next delivery count; a record past ``max_deliver`` is dropped (finished);
+- ack and term finish a record; the group's offset of a partition is committed
+  up to the oldest unfinished record (``acks.PartitionAcks``), by a committer
+  task shortly after, so nothing unfinished is ever skipped;
+- records that do not match the consumer's filter are finished when read;
+- a revoked partition (rebalance) first lets running deliveries finish (at most
+  ``REVOKE_WAIT`` seconds), commits what is finished and forgets the rest, which
+  its next owner reads again; tokens of it are stale from then on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from ...core.errors import BrokerUnavailableError
+from ...core.lifecycle import cancel_and_wait
+from ...core.subjects import filter_matches
+from ..base import AckAction, Delivery
+from .acks import PartitionAcks
+from .topics import Token, encode_sequence, group_id
+
+REVOKE_WAIT = 10.0  # s a revoked partition waits for its running deliveries
+POLL_SLICE = 0.25  # s one read from Kafka waits at most (then leases are looked at again)
+COMMIT_RETRY = 0.5  # s between commits that failed
+
+Record = Any  # aiokafka's ConsumerRecord (untyped)
+
+
+@dataclass(slots=True)
+class _Lease:
+    record: Record
+    count: int  # delivery count of the current delivery
+    deadline: float  # monotonic: redelivered after this
+    running: bool  # False while a nak waits out its delay
+
+
+@dataclass(frozen=True, slots=True)
+class MemberConfig:
+    stream: str
+    consumer: str
+    topics: dict[str, int]  # topic -> its id in sequences
+    filter_subject: str
+    ack_wait: float
+    max_deliver: int
+    max_ack_pending: int
+
+
+class Member(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, cfg: MemberConfig, options: dict[str, Any], log: logging.Logger) -> None:
+        self.cfg = cfg
+        self.log = log
+        self._consumer = AIOKafkaConsumer(
+            group_id=group_id(cfg.stream, cfg.consumer),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+            rebalance_timeout_ms=int((REVOKE_WAIT + 20) * 1000),
+            fetch_max_wait_ms=int(POLL_SLICE * 1000),
+            **options,
+        )
+        self._parts: dict[TopicPartition, PartitionAcks] = {}
+        self._ready: deque[Record] = deque()  # read, matching, not delivered yet
+        self._leases: dict[tuple[str, int, int], _Lease] = {}
+        self._changed = asyncio.Event()  # a settle happened: fetch looks again
+        self._dirty = asyncio.Event()  # a commit point moved
+        self._committed = asyncio.Event()  # nothing left to commit
+        self._committed.set()
+        self._read_lock = asyncio.Lock()
+        self._committer: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        self._consumer.subscribe(sorted(self.cfg.topics), listener=self)
+        self._committer = asyncio.create_task(
+            self._commit_loop(), name=f"kafka commits {self.cfg.stream}/{self.cfg.consumer}"
+        )
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._committer is not None:
+            await cancel_and_wait(self._committer)
+            self._committer = None
+        with contextlib.suppress(KafkaError, BrokerUnavailableError):
+            await self._commit_now()
+        await self._consumer.stop()
+
+    # ---- delivering ----
+
+    async def fetch(self, limit: int, max_wait: float) -> list[Delivery]:
+        deadline = time.monotonic() + max(max_wait, 0.0)
+        while True:
+            out = self._take(limit)
+            now = time.monotonic()
+            if out or now >= deadline:
+                return out
+            wait = min(deadline - now, POLL_SLICE)
+            due = min((lease.deadline for lease in self._leases.values()), default=None)
+            if due is not None:
+                wait = max(min(wait, due - now), 0.001)
+            if not self._ready and len(self._leases) < self._max_pending():
+                await self._read(wait)
+            else:
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), wait)
+
+    def _max_pending(self) -> int:
+        return self.cfg.max_ack_pending if self.cfg.max_ack_pending > 0 else 1 << 30
+
+    async def _read(self, wait: float) -> None:
+        async with self._read_lock:
+            try:
+                batches = await self._consumer.getmany(
+                    timeout_ms=int(wait * 1000), max_records=max(self._max_pending(), 1)
+                )
+            except KafkaError as exc:
+                raise BrokerUnavailableError(
+                    f"kafka consumer {self.cfg.stream}/{self.cfg.consumer}: read failed: {exc}"
+                ) from exc
+        assigned = self._consumer.assignment()
+        for tp, records in batches.items():
+            if tp not in assigned:
+                continue
+            acks = self._parts.setdefault(tp, PartitionAcks())
+            for record in records:
+                if acks.is_open(record.offset) or record.offset < acks.next_offset:
+                    continue  # already ours
+                acks.take(record.offset)
+                subject = record.key.decode() if record.key else ""
+                if filter_matches(self.cfg.filter_subject, subject):
+                    self._ready.append(record)
+                else:
+                    acks.finish(record.offset)
+                    self._dirty.set()
+
+    def _take(self, limit: int) -> list[Delivery]:
+        now = time.monotonic()
+        out: list[Delivery] = []
+        expired = sorted(
+            (key for key, lease in self._leases.items() if lease.deadline <= now),
+            key=lambda k: (k[0], k[1], k[2]),
+        )
+        for key in expired:
+            if len(out) >= limit:
+                break
+            lease = self._leases[key]
+            if self.cfg.max_deliver > 0 and lease.count >= self.cfg.max_deliver:
+                del self._leases[key]
+                self._finish(key)
+                continue
+            lease.count += 1
+            lease.deadline = now + self.cfg.ack_wait
+            lease.running = True
+            out.append(self._delivery(lease))
+        while self._ready and len(out) < limit and len(self._leases) < self._max_pending():
+            record = self._ready.popleft()
+            lease = _Lease(record, 1, now + self.cfg.ack_wait, True)
+            self._leases[(record.topic, record.partition, record.offset)] = lease
+            out.append(self._delivery(lease))
+        return out
+
+    def _delivery(self, lease: _Lease) -> Delivery:
+        record = lease.record
+        token = Token(
+            self.cfg.stream,
+            self.cfg.consumer,
+            record.topic,
+            record.partition,
+            record.offset,
+            lease.count,
+        )
+        headers = {k: v.decode(errors="replace") for k, v in (record.headers or ())}
+        return Delivery(
+            stream=self.cfg.stream,
+            consumer=self.cfg.consumer,
+            subject=record.key.decode() if record.key else "",
+            payload=record.value or b"",
+            headers=headers,
+            sequence=encode_sequence(
+                self.cfg.topics.get(record.topic, 0), record.partition, record.offset
+            ),
+            published_at=datetime.fromtimestamp(record.timestamp / 1000, UTC),
+            delivery_count=lease.count,
+            ack_token=token.text(),
+        )
+
+    # ---- settling ----
+
+    def settle(self, token: Token, action: AckAction, delay: float | None) -> bool:
+        """Apply one settle; False when the lease is not held here (stale token)."""
+        key = (token.topic, token.partition, token.offset)
+        lease = self._leases.get(key)
+        if lease is None or lease.count != token.delivery:
+            return False
+        now = time.monotonic()
+        if action in (AckAction.ACK, AckAction.TERM):
+            del self._leases[key]
+            self._finish(key)
+        elif action == AckAction.NAK:
+            lease.deadline = now + max(delay or 0.0, 0.0)
+            lease.running = False
+        else:
+            lease.deadline = now + self.cfg.ack_wait
+        self._changed.set()
+        return True
+
+    def _finish(self, key: tuple[str, int, int]) -> None:
+        acks = self._parts.get(TopicPartition(key[0], key[1]))
+        if acks is not None and acks.finish(key[2]):
+            self._committed.clear()
+            self._dirty.set()
+
+    @property
+    def held(self) -> int:
+        return len(self._leases)
+
+    def held_on(self, tp: TopicPartition) -> int:
+        return sum(1 for (t, p, _), _lease in self._leases.items() if (t, p) == tp)
+
+    def waiting(self) -> int:
+        """Read from Kafka, matching, not delivered yet."""
+        return len(self._ready)
+
+    def owned(self) -> dict[TopicPartition, PartitionAcks]:
+        return dict(self._parts)
+
+    # ---- committing ----
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                await self._commit_now()
+            except (KafkaError, BrokerUnavailableError) as exc:
+                self.log.debug("kafka commit failed, retrying: %s", exc)
+                self._dirty.set()
+                await asyncio.sleep(COMMIT_RETRY)
+
+    async def _commit_now(self, only: set[TopicPartition] | None = None) -> None:
+        offsets = {}
+        for tp, acks in self._parts.items():
+            point = acks.pending_commit()
+            if point is not None and (only is None or tp in only):
+                offsets[tp] = point
+        if offsets:
+            await self._consumer.commit(offsets)
+            for tp, point in offsets.items():
+                self._parts[tp].committed_at(point)
+        if all(a.pending_commit() is None for a in self._parts.values()):
+            self._committed.set()
+
+    async def confirm(self, timeout: float) -> None:
+        """Wait until every finished record so far is committed."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._committed.wait(), timeout)
+
+    # ---- rebalance listener (called by aiokafka's group coordinator) ----
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        gone = set(revoked)
+        if not gone:
+            return
+        self._ready = deque(r for r in self._ready if (r.topic, r.partition) not in gone)
+        give_up = time.monotonic() + (0.0 if self._closing else REVOKE_WAIT)
+        while time.monotonic() < give_up and any(
+            lease.running and (key[0], key[1]) in gone for key, lease in self._leases.items()
+        ):
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), 0.05)
+        try:
+            await self._commit_now(only=gone)
+        except KafkaError as exc:
+            self.log.warning("kafka: commit on revoke failed (records will be read again): %s", exc)
+        for key in [k for k in self._leases if (k[0], k[1]) in gone]:
+            del self._leases[key]
+        for tp in gone:
+            self._parts.pop(tp, None)
+        self._changed.set()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        for tp in assigned:
+            self._parts.setdefault(tp, PartitionAcks())
