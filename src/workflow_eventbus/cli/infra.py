@@ -70,7 +70,8 @@ def run(ns: argparse.Namespace) -> int:
     try:
         brokers = read_brokers(app)
         options = iac.Options(do_provider=ns.do_provider, k8s_sidecar=ns.k8s_sidecar)
-        wanted = render_all(app, out, iac.generate(brokers, options))
+        generated = iac.generate(brokers, options)
+        wanted = render_all(app, out, generated)
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         print(f"error: --config: cannot read {app}: {reason}", file=sys.stderr)
@@ -98,6 +99,8 @@ def run(ns: argparse.Namespace) -> int:
     for path in extra:
         path.unlink()
     print(f"{out}: {len(stale)} of {len(wanted)} file(s) written, {len(extra)} removed")
+    for note in generated.notes:
+        print(f"note: {note}")
     return 0
 
 
