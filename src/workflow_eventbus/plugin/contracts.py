@@ -44,6 +44,7 @@ from ..core.names import (
     TRIGGER_TYPES,
 )
 from ..providers import offered
+from .iac import wire as iac
 
 AUTHOR = "GoCodeAlone"
 DESCRIPTION = (
@@ -181,9 +182,18 @@ def _dependency_order(roots: Iterable[FileDescriptor]) -> list[FileDescriptor]:
     return ordered
 
 
+def iac_service_descriptors() -> list[ppb.ContractDescriptor]:
+    """The IaC provider's gRPC services (wfctl opens the optional ones it finds here)."""
+    return [
+        ppb.ContractDescriptor(kind=ppb.CONTRACT_KIND_SERVICE, service_name=name, mode=STRICT)
+        for name in iac.service_names()
+    ]
+
+
 def contract_registry() -> ppb.ContractRegistry:
     return ppb.ContractRegistry(
-        contracts=contract_descriptors(), file_descriptor_set=file_descriptor_set()
+        contracts=[*contract_descriptors(), *iac_service_descriptors()],
+        file_descriptor_set=file_descriptor_set(),
     )
 
 
@@ -334,7 +344,15 @@ def plugin_json() -> dict[str, Any]:
             "moduleTypes": list(ADVERTISED_MODULE_TYPES),
             "stepTypes": list(STEP_TYPES),
             "triggerTypes": list(TRIGGER_TYPES),
+            # wfctl finds an IaC provider plugin by capabilities.iacProvider.name.
+            "iacProvider": {"name": iac.PROVIDER_NAME},
         },
+        "iacProvider": {
+            "name": iac.PROVIDER_NAME,
+            "resourceTypes": list(iac.RESOURCE_TYPES),
+            "computePlanVersion": iac.COMPUTE_PLAN_VERSION,
+        },
+        "iacServices": iac.service_names(),
     }
 
 

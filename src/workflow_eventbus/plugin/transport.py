@@ -52,6 +52,7 @@ from .broker import BrokerServicer, ConnInfoStore, ControllerServicer, StdioServ
 from .callbacks.client import CallbackClient
 from .engine_log import EngineLogHandler
 from .health import BusHealth
+from .iac import service as iac_service
 
 UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
@@ -204,6 +205,7 @@ class PluginProcess:
         )
         sgrpc.add_GRPCStdioServicer_to_server(StdioServicer(self.stopping), server)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        iac_service.register(server)
 
     async def _serve(self, service: object, server: grpc.aio.Server) -> None:
         loop = asyncio.get_running_loop()

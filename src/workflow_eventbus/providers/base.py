@@ -61,6 +61,7 @@ class Feature(enum.Enum):
     PENDING = "pending"  # HasPending: undelivered / unacknowledged counts
     STATUS = "status"  # HasStatus: streams and consumers with their counts
     EPHEMERAL_CONSUMERS = "ephemeral_consumers"  # HasEphemeralConsumers: temporary readers
+    ADMIN = "admin"  # HasAdmin: compare live streams/consumers with a config, delete them
 
 
 @dataclass(slots=True)
@@ -372,9 +373,46 @@ class HasEphemeralConsumers(ProviderCapability):
         """Remove the consumer and what it holds; idempotent."""
 
 
+@dataclass(frozen=True, slots=True)
+class SettingDrift:
+    """One setting of a live stream or consumer that differs from its config."""
+
+    setting: str  # the config field, e.g. "max_age"
+    current: str  # as the broker reports it, in the config's units
+    desired: str
+    immutable: bool  # the broker cannot change it in place (delete and recreate)
+
+
+class HasAdmin(ProviderCapability):
+    """The provider can compare a live stream or consumer with a config and delete it
+    (the IaC provider's read, diff and delete)."""
+
+    feature = Feature.ADMIN
+    summary = "comparing live streams and consumers with their config and deleting them (IaC)"
+
+    @abc.abstractmethod
+    async def stream_drift(self, cfg: pb.StreamConfig) -> list[SettingDrift] | None:
+        """Settings of the live stream ``cfg.name`` that differ from ``cfg``; None when
+        the stream does not exist."""
+
+    @abc.abstractmethod
+    async def consumer_drift(self, cfg: pb.ConsumerConfig) -> list[SettingDrift] | None:
+        """Like ``stream_drift`` for the durable ``cfg.name`` of ``cfg.stream_name``;
+        None when the consumer (or its stream) does not exist."""
+
+    @abc.abstractmethod
+    async def delete_stream(self, name: str) -> bool:
+        """Delete the stream and its messages; False when it did not exist."""
+
+    @abc.abstractmethod
+    async def delete_consumer(self, stream: str, name: str) -> bool:
+        """Delete the durable consumer; False when it (or its stream) did not exist."""
+
+
 CAPABILITIES: tuple[type[ProviderCapability], ...] = (
     HasDeadLetters,
     HasPending,
     HasStatus,
     HasEphemeralConsumers,
+    HasAdmin,
 )

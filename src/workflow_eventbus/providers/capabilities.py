@@ -16,6 +16,7 @@ from ..core.errors import ConfigError
 from ..core.names import BROKER
 from . import REGISTRY
 from .base import (
+    HasAdmin,
     HasDeadLetters,
     HasEphemeralConsumers,
     HasPending,
@@ -47,6 +48,12 @@ def require_ephemeral(provider: Provider) -> HasEphemeralConsumers:
     if isinstance(provider, HasEphemeralConsumers):
         return provider
     raise missing(provider, HasEphemeralConsumers)
+
+
+def require_admin(provider: Provider) -> HasAdmin:
+    if isinstance(provider, HasAdmin):
+        return provider
+    raise missing(provider, HasAdmin)
 
 
 def missing(provider: Provider, kind: type[ProviderCapability]) -> ConfigError:

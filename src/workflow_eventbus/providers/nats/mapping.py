@@ -61,10 +61,11 @@ class Difference:
     desired: Any
 
     def describe(self) -> str:
-        return f"{self.setting} (current {_show(self.current)}, configured {_show(self.desired)})"
+        return f"{self.setting} (current {show(self.current)}, configured {show(self.desired)})"
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
+    """A setting's value as the error messages (and IaC diffs) print it."""
     if hasattr(value, "value"):
         value = value.value
     if isinstance(value, datetime):
@@ -72,7 +73,7 @@ def _show(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}s"
     if isinstance(value, list):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
+        return "[" + ", ".join(show(v) for v in value) + "]"
     return repr(value)
 
 

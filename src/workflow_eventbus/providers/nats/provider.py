@@ -39,6 +39,7 @@ from ..base import (
 )
 from . import mapping
 from .acks import AckConfirmer
+from .admin import NatsAdmin
 from .dead_letters import NatsDeadLetters
 from .ephemeral import NatsEphemeral
 from .errors import (
@@ -72,7 +73,7 @@ class _Pull:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-class NatsProvider(Provider, HasPending, HasDeadLetters, NatsStatus, NatsEphemeral):
+class NatsProvider(Provider, HasPending, HasDeadLetters, NatsStatus, NatsEphemeral, NatsAdmin):
     name = "nats"
     features = frozenset(
         {
@@ -84,6 +85,7 @@ class NatsProvider(Provider, HasPending, HasDeadLetters, NatsStatus, NatsEphemer
             Feature.PENDING,
             Feature.STATUS,
             Feature.EPHEMERAL_CONSUMERS,
+            Feature.ADMIN,
         }
     )
 

@@ -1,0 +1,351 @@
+"""One driver per resource type: create, read, update, delete, diff and drift for real.
+
+Streams and consumers are made on the broker through the engine layer (an
+``EventBus`` with one ``eventbus.broker`` for the resource's URL; the provider
+must have the ``admin`` capability for read/diff/delete). The broker URL is the
+resource's ``url`` setting (typically ``${<server>.url}``, which wfctl fills in
+from the server's outputs), else the ``iac.provider`` module's ``url``.
+Provider ids never hold credentials: when a stored id's broker is the
+``iac.provider``'s, that URL (with its credentials) is used to reach it.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..._proto import eventbus_pb2 as pb
+from ..._proto import iac_pb2 as ipb
+from ...core.config import decode
+from ...core.defaults import DEFAULT_CONNECT_TIMEOUT
+from ...core.errors import ConfigError, NotFoundError
+from ...core.names import BROKER
+from ...core.validation import validate_consumer, validate_stream
+from ...engine.bus import EventBus
+from ...providers import provider_for_url
+from ...providers.base import HasAdmin, Provider, SettingDrift
+from ...providers.capabilities import require_admin
+from . import server, wire
+from .wire import BrokerObject
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The ``iac.provider`` module's settings (InitializeRequest.config_json)."""
+
+    url: str = ""  # default broker of streams and consumers
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Settings:
+        ours, url = wire.split_config(config)
+        if ours:
+            raise ConfigError(
+                f"iac.provider {wire.PROVIDER_NAME}: {sorted(ours)[0]}",
+                "unknown key",
+                fix=f"valid keys are: provider, {wire.URL_KEY}",
+            )
+        return cls(url=url)
+
+
+@asynccontextmanager
+async def admin_for(url: str, settings: Settings) -> AsyncIterator[tuple[Provider, HasAdmin]]:
+    """A connected provider for ``url`` (closed on exit) with its admin capability."""
+    try:
+        spec = provider_for_url(url)
+    except ConfigError as exc:
+        raise ConfigError(
+            wire.URL_KEY,
+            "names no broker this plugin knows",
+            value=wire.public_url(url),
+            fix="use a nats:// URL (e.g. ${<server>.url}) or set the iac.provider's url",
+        ) from exc
+    cluster = spec.fill_defaults(pb.ClusterConfig(dsn=url))
+    cluster.connect_timeout.FromNanoseconds(int(settings.connect_timeout * 1e9))
+    bus = EventBus()
+    try:
+        await bus.create_module(BROKER, "iac", cluster).start()
+        provider = bus.provider("iac")
+        yield provider, require_admin(provider)
+    finally:
+        await bus.close()
+
+
+class Driver(abc.ABC):
+    """What the ResourceDriver service needs of each resource type."""
+
+    resource_type: ClassVar[str]
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @abc.abstractmethod
+    async def create(self, spec: ipb.ResourceSpec) -> ipb.ResourceOutput: ...
+
+    @abc.abstractmethod
+    async def read(self, ref: ipb.ResourceRef) -> ipb.ResourceOutput:
+        """The resource as it is now; NotFoundError when it is gone."""
+
+    @abc.abstractmethod
+    async def update(self, ref: ipb.ResourceRef, spec: ipb.ResourceSpec) -> ipb.ResourceOutput: ...
+
+    @abc.abstractmethod
+    async def delete(self, ref: ipb.ResourceRef) -> bool:
+        """Remove it; False when it was already gone."""
+
+    @abc.abstractmethod
+    async def diff(self, desired: ipb.ResourceSpec, current: ipb.ResourceOutput) -> ipb.DiffResult:
+        """What apply would change: the desired config against the live resource."""
+
+    @abc.abstractmethod
+    async def drift(
+        self, ref: ipb.ResourceRef, spec: ipb.ResourceSpec | None
+    ) -> list[SettingDrift] | None:
+        """Live settings that differ from ``spec`` (none compared without one);
+        None when the resource is gone."""
+
+    def _output(self, name: str, provider_id: str, outputs: dict[str, Any]) -> ipb.ResourceOutput:
+        return ipb.ResourceOutput(
+            name=name,
+            type=self.resource_type,
+            provider_id=provider_id,
+            outputs_json=wire.dump_json(outputs),
+            sensitive={key: False for key in outputs},
+            status="running",
+        )
+
+
+# -- streams and consumers ----------------------------------------------------------
+
+
+class BrokerDriver(Driver):
+    """Shared by streams and consumers: both live on a broker named by a URL."""
+
+    def _url(self, name: str, url: str) -> str:
+        url = url or self.settings.url
+        if not url:
+            raise ConfigError(
+                f'{self.resource_type} "{name}": {wire.URL_KEY}',
+                "is required",
+                fix="set url (e.g. url: ${<server>.url}) or the iac.provider's url",
+            )
+        return url
+
+    def _reach(self, obj: BrokerObject) -> str:
+        """The URL to reach a stored object's broker (the provider's own when it matches)."""
+        own = self.settings.url
+        return own if own and wire.same_broker(own, obj.url) else obj.url
+
+    @abc.abstractmethod
+    def _decode(self, spec: ipb.ResourceSpec) -> tuple[BrokerObject, str, Any]:
+        """(the object the spec names, its broker URL, the decoded config)."""
+
+    @abc.abstractmethod
+    async def _ensure(self, provider: Provider, cfg: Any) -> None: ...
+
+    @abc.abstractmethod
+    async def _drift(self, admin: HasAdmin, cfg: Any) -> list[SettingDrift] | None: ...
+
+    @abc.abstractmethod
+    def _bare(self, obj: BrokerObject) -> Any:
+        """A config naming only the object (for existence checks)."""
+
+    @abc.abstractmethod
+    async def _delete(self, admin: HasAdmin, obj: BrokerObject) -> bool: ...
+
+    def _made(self, name: str, obj: BrokerObject) -> ipb.ResourceOutput:
+        outputs: dict[str, Any] = {"url": obj.url, "stream": obj.stream}
+        if obj.consumer:
+            outputs["consumer"] = obj.consumer
+        return self._output(name, obj.provider_id(), outputs)
+
+    async def create(self, spec: ipb.ResourceSpec) -> ipb.ResourceOutput:
+        obj, url, cfg = self._decode(spec)
+        async with admin_for(url, self.settings) as (provider, _):
+            await self._ensure(provider, cfg)
+        return self._made(spec.name, obj)
+
+    async def update(self, ref: ipb.ResourceRef, spec: ipb.ResourceSpec) -> ipb.ResourceOutput:
+        return await self.create(spec)  # ensure_* updates in place or reports a conflict
+
+    async def read(self, ref: ipb.ResourceRef) -> ipb.ResourceOutput:
+        obj = wire.parse_object_id(ref.provider_id, self.resource_type)
+        async with admin_for(self._reach(obj), self.settings) as (_, admin):
+            found = await self._drift(admin, self._bare(obj))
+        if found is None:
+            raise NotFoundError(f"{self.resource_type} {ref.name!r}: {obj.provider_id()} is gone")
+        return self._made(ref.name, obj)
+
+    async def delete(self, ref: ipb.ResourceRef) -> bool:
+        obj = wire.parse_object_id(ref.provider_id, self.resource_type)
+        async with admin_for(self._reach(obj), self.settings) as (_, admin):
+            return await self._delete(admin, obj)
+
+    async def diff(self, desired: ipb.ResourceSpec, current: ipb.ResourceOutput) -> ipb.DiffResult:
+        obj, url, cfg = self._decode(desired)
+        if current.provider_id:
+            was = wire.parse_object_id(current.provider_id, self.resource_type)
+            moved = [
+                wire.replaced_change(path, old, new)
+                for path, old, new in (
+                    ("url", was.url, obj.url),
+                    ("stream", was.stream, obj.stream),
+                    ("consumer", was.consumer, obj.consumer),
+                )
+                if old != new
+            ]
+            if moved:
+                return wire.diff_result(moved)
+        async with admin_for(url, self.settings) as (_, admin):
+            drifts = await self._drift(admin, cfg)
+        if drifts is None:
+            return wire.diff_result([wire.missing_change("exists")])
+        return wire.diff_result(wire.field_changes(drifts))
+
+    async def drift(
+        self, ref: ipb.ResourceRef, spec: ipb.ResourceSpec | None
+    ) -> list[SettingDrift] | None:
+        obj = wire.parse_object_id(ref.provider_id, self.resource_type)
+        cfg = self._decode(spec)[2] if spec is not None else self._bare(obj)
+        async with admin_for(self._reach(obj), self.settings) as (_, admin):
+            drifts = await self._drift(admin, cfg)
+        return drifts if spec is not None or drifts is None else []
+
+
+class StreamDriver(BrokerDriver):
+    resource_type = wire.STREAM_TYPE
+
+    def _decode(self, spec: ipb.ResourceSpec) -> tuple[BrokerObject, str, pb.StreamConfig]:
+        where = f'{self.resource_type} "{spec.name}"'
+        ours, url = wire.split_config(wire.load_json(spec.config_json, setting=where))
+        cfg = decode(pb.StreamConfig, ours, setting=where)
+        validate_stream(spec.name, cfg)
+        url = self._url(spec.name, url)
+        return BrokerObject(wire.public_url(url), cfg.name), url, cfg
+
+    async def _ensure(self, provider: Provider, cfg: pb.StreamConfig) -> None:
+        await provider.ensure_stream(cfg)
+
+    async def _drift(self, admin: HasAdmin, cfg: pb.StreamConfig) -> list[SettingDrift] | None:
+        return await admin.stream_drift(cfg)
+
+    def _bare(self, obj: BrokerObject) -> pb.StreamConfig:
+        return pb.StreamConfig(name=obj.stream)
+
+    async def _delete(self, admin: HasAdmin, obj: BrokerObject) -> bool:
+        return await admin.delete_stream(obj.stream)
+
+
+class ConsumerDriver(BrokerDriver):
+    resource_type = wire.CONSUMER_TYPE
+
+    def _decode(self, spec: ipb.ResourceSpec) -> tuple[BrokerObject, str, pb.ConsumerConfig]:
+        where = f'{self.resource_type} "{spec.name}"'
+        ours, url = wire.split_config(wire.load_json(spec.config_json, setting=where))
+        cfg = decode(pb.ConsumerConfig, ours, setting=where)
+        validate_consumer(spec.name, cfg, kind=self.resource_type)
+        url = self._url(spec.name, url)
+        return BrokerObject(wire.public_url(url), cfg.stream_name, cfg.name), url, cfg
+
+    async def _ensure(self, provider: Provider, cfg: pb.ConsumerConfig) -> None:
+        await provider.ensure_consumer(cfg)
+
+    async def _drift(self, admin: HasAdmin, cfg: pb.ConsumerConfig) -> list[SettingDrift] | None:
+        return await admin.consumer_drift(cfg)
+
+    def _bare(self, obj: BrokerObject) -> pb.ConsumerConfig:
+        return pb.ConsumerConfig(name=obj.consumer, stream_name=obj.stream)
+
+    async def _delete(self, admin: HasAdmin, obj: BrokerObject) -> bool:
+        return await admin.delete_consumer(obj.stream, obj.consumer)
+
+
+# -- the self-hosted server -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    data_dir: Path  # absolute
+    port: int  # 0 = keep the recorded port, else any free one
+
+
+_SERVER_KEYS = ("data_dir", "port")
+
+
+class ServerDriver(Driver):
+    resource_type = wire.SERVER_TYPE
+
+    def _decode(self, spec: ipb.ResourceSpec) -> ServerConfig:
+        where = f'{self.resource_type} "{spec.name}"'
+        ours, url = wire.split_config(wire.load_json(spec.config_json, setting=where))
+        unknown = sorted(set(ours) - set(_SERVER_KEYS)) + ([wire.URL_KEY] if url else [])
+        if unknown:
+            raise ConfigError(
+                f"{where}.{unknown[0]}",
+                "unknown key",
+                fix=f"valid keys are: {', '.join(_SERVER_KEYS)}",
+            )
+        data_dir = ours.get("data_dir")
+        if not isinstance(data_dir, str) or not data_dir:
+            raise ConfigError(
+                f"{where}.data_dir",
+                "is required (where the server keeps its store, log and pid record)",
+                value=data_dir,
+                fix="set data_dir to a directory path, e.g. data_dir: .eventbus/nats",
+            )
+        port = ours.get("port", 0)
+        if isinstance(port, bool) or not isinstance(port, int | float) or not 0 <= port <= 65535:
+            raise ConfigError(
+                f"{where}.port", "must be a port number (0 = any free port)", value=port
+            )
+        return ServerConfig(server.absolute(Path(data_dir)), int(port))
+
+    def _made(self, name: str, record: server.ServerRecord) -> ipb.ResourceOutput:
+        return self._output(name, record.data_dir, record.outputs())
+
+    async def create(self, spec: ipb.ResourceSpec) -> ipb.ResourceOutput:
+        cfg = self._decode(spec)
+        timeout = self.settings.connect_timeout
+        return self._made(spec.name, await server.ensure_running(cfg.data_dir, cfg.port, timeout))
+
+    async def update(self, ref: ipb.ResourceRef, spec: ipb.ResourceSpec) -> ipb.ResourceOutput:
+        return await self.create(spec)
+
+    async def read(self, ref: ipb.ResourceRef) -> ipb.ResourceOutput:
+        record = server.read_record(Path(ref.provider_id))
+        if record is None or not server.is_serving(record):
+            raise NotFoundError(
+                f"{self.resource_type} {ref.name!r}: no server runs in {ref.provider_id}"
+            )
+        return self._made(ref.name, record)
+
+    async def delete(self, ref: ipb.ResourceRef) -> bool:
+        return await server.remove(Path(ref.provider_id), grace=self.settings.connect_timeout)
+
+    async def diff(self, desired: ipb.ResourceSpec, current: ipb.ResourceOutput) -> ipb.DiffResult:
+        cfg = self._decode(desired)
+        if current.provider_id and Path(current.provider_id) != cfg.data_dir:
+            change = wire.replaced_change("data_dir", current.provider_id, str(cfg.data_dir))
+            return wire.diff_result([change])
+        drifts = await self.drift(ipb.ResourceRef(provider_id=str(cfg.data_dir)), desired)
+        if drifts is None:
+            return wire.diff_result([wire.missing_change("running")])
+        return wire.diff_result(wire.field_changes(drifts))
+
+    async def drift(
+        self, ref: ipb.ResourceRef, spec: ipb.ResourceSpec | None
+    ) -> list[SettingDrift] | None:
+        record = server.read_record(Path(ref.provider_id))
+        if record is None or not server.is_serving(record):
+            return None
+        want = self._decode(spec).port if spec is not None else 0
+        if want and want != record.port:
+            return [SettingDrift("port", str(record.port), str(want), immutable=False)]
+        return []
+
+
+DRIVERS: tuple[type[Driver], ...] = (ServerDriver, StreamDriver, ConsumerDriver)
