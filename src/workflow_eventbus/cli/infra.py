@@ -28,14 +28,12 @@ import yaml
 
 from .._proto import eventbus_pb2 as pb
 from ..core.config import decode
-from ..core.defaults import DEFAULT_DO_IAC_PROVIDER
+from ..core.defaults import DEFAULT_DO_IAC_PROVIDER, DEFAULT_INFRA_OUT
 from ..core.errors import ConfigError, EventbusError
 from ..core.names import BROKER, STREAM, canonical_module_type
 
 if TYPE_CHECKING:
     from ..engine import iac
-
-DEFAULT_OUT = "eventbus.infra.yaml"
 
 
 def add_parser(sub: Any) -> None:
@@ -46,7 +44,9 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", "-c", required=True, metavar="APP_YAML", help="app config")
-    parser.add_argument("--out", "-o", default="", metavar="FILE", help=f"default {DEFAULT_OUT}")
+    parser.add_argument(
+        "--out", "-o", default="", metavar="FILE", help=f"default {DEFAULT_INFRA_OUT}"
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when FILE is stale")
     parser.add_argument(
         "--do-provider",
@@ -66,7 +66,7 @@ def run(ns: argparse.Namespace) -> int:
     from ..engine import iac  # on use: the plugin process never needs it
 
     app = Path(ns.config)
-    out = Path(ns.out) if ns.out else app.parent / DEFAULT_OUT
+    out = Path(ns.out) if ns.out else app.parent / DEFAULT_INFRA_OUT
     try:
         brokers = read_brokers(app)
         options = iac.Options(do_provider=ns.do_provider, k8s_sidecar=ns.k8s_sidecar)

@@ -49,6 +49,7 @@ DEFAULT_NATS_VERSION = "2.10"  # image tag of a declared NATS server; "latest" i
 DEFAULT_KAFKA_VERSION = "3.7"  # version of a declared Kafka cluster
 DEFAULT_JETSTREAM_VOLUME = "10Gi"  # PVC size of a generated NATS pod without limits.storage
 DEFAULT_DO_IAC_PROVIDER = "do-provider"  # iac.provider module generated App Platform modules name
+DEFAULT_INFRA_OUT = "eventbus.infra.yaml"  # the infra command's file, next to the app config
 
 # --- bounds (not defaults, but limits the same rules share) --------------------------
 MAX_BATCH = 1000  # messages per publish batch, consume, or ack call (the Go plugin's cap)
