@@ -2,8 +2,9 @@
 
 Every ``eventbus.*`` module (and the old ``infra.eventbus*`` names, each with a
 deprecation note and counted in the summary: ``wfctl infra plan`` takes them for
-cloud resources; ``upgrade-config`` rewrites them), every ``step.eventbus.*`` step of a pipeline (``steps:`` and
-``compensation:``) or of an HTTP route's inline pipeline, and every
+cloud resources; ``upgrade-config`` rewrites them), every ``step.eventbus.*`` step
+of a pipeline (``steps:`` and ``compensation:``) or of an HTTP route's inline
+pipeline, and every
 ``trigger.eventbus.subscribe`` pipeline trigger goes through the decoder and the
 constructors the plugin uses (EventBus.create_module, create_step,
 parse_trigger_config); nothing connects to a broker. Then the references
