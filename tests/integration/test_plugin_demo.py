@@ -43,3 +43,26 @@ def test_demo_runs_on_pgchannel(pg_dsn: str) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["published"] == result["delivered"] == result["acked"] == 300
+
+
+def test_demo_runs_on_kafka() -> None:
+    """`--provider kafka` without --dsn: the demo starts its own Kafka and runs on it."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workflow_eventbus.cli.main",
+            "demo",
+            "--provider",
+            "kafka",
+            "--count",
+            "300",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["published"] == result["delivered"] == result["acked"] == 300

@@ -67,7 +67,10 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--count", type=int, default=3000, help="events to publish (3000)")
     parser.add_argument("--batch", type=int, default=250, help="events per publish call (250)")
     parser.add_argument(
-        "--provider", choices=list(DEV_SERVERS), default="nats", help="broker (nats)"
+        "--provider",
+        choices=list(DEV_SERVERS),
+        default="nats",
+        help="broker (nats; also pgchannel, kafka)",
     )
     parser.add_argument("--dsn", default="", help="use this broker instead of starting one")
     parser.add_argument(
