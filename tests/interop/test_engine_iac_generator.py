@@ -9,6 +9,8 @@ planned as cloud resources until upgrade-config rewrites them.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -50,6 +52,12 @@ pipelines:
         type: step.log
         config: {level: info, message: "got one"}
 """
+
+# The App Platform broker on NATS 2.11 instead of the default.
+PINNED_211 = APP.replace(
+    "deploy_target: digitalocean.app_platform",
+    "deploy_target: digitalocean.app_platform\n      version: '2.11'",
+)
 
 EXPECT = """\
 config: app.yaml
@@ -119,6 +127,42 @@ def test_wfctl_infra_test_passes_on_the_typed_properties_and_fails_on_strings(
     assert "internal_ports" in done.stderr, _explain(done)
 
 
+def go_config_hash(config: dict) -> str:
+    """platform.ConfigHash: SHA-256 of Go's json.Marshal of the sorted (K, V) pairs."""
+    pairs = [{"K": k, "V": config[k]} for k in sorted(config)]
+    data = json.dumps(pairs, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+def test_after_apply_a_regenerated_file_plans_nothing_and_a_change_one_update(
+    engine_bin: Path, app: Path
+) -> None:
+    generated = yaml.safe_load((app.parent / "eventbus.infra.yaml").read_text())
+    (module,) = generated["modules"]
+    state = app.parent / "applied.test.yaml"
+
+    def infra_test(expect: str) -> subprocess.CompletedProcess[str]:
+        state.write_text(
+            "config: app.yaml\n"
+            "current_state:\n"
+            "  - name: bus-nats\n"
+            "    type: infra.container_service\n"
+            "    provider: digitalocean\n"
+            f"    config_hash: {go_config_hash(module['config'])}\n"
+            f"expect:\n  plan:\n    action_counts: {expect}\n"
+        )
+        return run_wfctl(engine_bin, "infra", "test", str(state))
+
+    assert main(["infra", "--config", str(app)]) == 0  # as after a deploy: same bytes
+    done = infra_test("{create: 0, update: 0}")
+    assert done.returncode == 0, _explain(done)
+    assert "(1 resources, 0 plan actions)" in done.stdout, _explain(done)
+    app.write_text(PINNED_211)
+    assert main(["infra", "--config", str(app)]) == 0
+    done = infra_test("{create: 0, update: 1}")
+    assert done.returncode == 0, _explain(done)
+
+
 def test_a_rerun_is_byte_identical_and_check_finds_a_stale_file(
     engine_bin: Path, app: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -127,12 +171,7 @@ def test_a_rerun_is_byte_identical_and_check_finds_a_stale_file(
     assert main(["infra", "--config", str(app)]) == 0
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
     assert main(["infra", "--config", str(app), "--check"]) == 0
-    app.write_text(
-        APP.replace(
-            "deploy_target: digitalocean.app_platform",
-            "version: '2.11'\n      deploy_target: digitalocean.app_platform",
-        )
-    )
+    app.write_text(PINNED_211)
     capsys.readouterr()
     assert main(["infra", "--config", str(app), "--check"]) == 1
     assert f"stale: {folder / 'eventbus.infra.yaml'}" in capsys.readouterr().err
