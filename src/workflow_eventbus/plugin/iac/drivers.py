@@ -3,8 +3,10 @@
 Streams and consumers are made on the broker through the engine layer (an
 ``EventBus`` with one ``eventbus.broker`` for the resource's URL; the provider
 must have the ``admin`` capability for read/diff/delete). The broker URL is the
-resource's ``url`` setting (typically ``${<server>.url}``, which wfctl fills in
-from the server's outputs), else the ``iac.provider`` module's ``url``.
+resource's ``url`` setting, else the ``iac.provider`` module's ``url``. (wfctl
+v0.85.4 replaces ``${...}`` in these settings from the environment before the
+plugin sees them, so ``${<server>.url}`` arrives empty: give the server a fixed
+``port`` and write its URL, or use an environment variable such as ``${NATS_URL}``.)
 Provider ids never hold credentials: when a stored id's broker is the
 ``iac.provider``'s, that URL (with its credentials) is used to reach it.
 """
@@ -20,9 +22,9 @@ from typing import Any, ClassVar
 
 from ..._proto import eventbus_pb2 as pb
 from ..._proto import iac_pb2 as ipb
-from ...core.config import decode
+from ...core.config import decode, parse_duration
 from ...core.defaults import DEFAULT_CONNECT_TIMEOUT
-from ...core.errors import ConfigError, NotFoundError
+from ...core.errors import BrokerUnavailableError, ConfigError, NotFoundError
 from ...core.names import BROKER
 from ...core.validation import validate_consumer, validate_stream
 from ...engine.bus import EventBus
@@ -43,13 +45,20 @@ class Settings:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
         ours, url = wire.split_config(config)
+        where = f"iac.provider {wire.PROVIDER_NAME}"
+        timeout = ours.pop("connect_timeout", None)
         if ours:
             raise ConfigError(
-                f"iac.provider {wire.PROVIDER_NAME}: {sorted(ours)[0]}",
+                f"{where}: {sorted(ours)[0]}",
                 "unknown key",
-                fix=f"valid keys are: provider, {wire.URL_KEY}",
+                fix=f"valid keys are: provider, {wire.URL_KEY}, connect_timeout",
             )
-        return cls(url=url)
+        if timeout is None:
+            return cls(url=url)
+        seconds = parse_duration(timeout, setting=f"{where}: connect_timeout")
+        if seconds <= 0:
+            raise ConfigError(f"{where}: connect_timeout", "must be positive", value=timeout)
+        return cls(url=url, connect_timeout=seconds)
 
 
 @asynccontextmanager
@@ -62,7 +71,7 @@ async def admin_for(url: str, settings: Settings) -> AsyncIterator[tuple[Provide
             wire.URL_KEY,
             "names no broker this plugin knows",
             value=wire.public_url(url),
-            fix="use a nats:// URL (e.g. ${<server>.url}) or set the iac.provider's url",
+            fix="use a nats:// URL, e.g. nats://127.0.0.1:<the server's port>",
         ) from exc
     cluster = spec.fill_defaults(pb.ClusterConfig(dsn=url))
     cluster.connect_timeout.FromNanoseconds(int(settings.connect_timeout * 1e9))
@@ -131,7 +140,7 @@ class BrokerDriver(Driver):
             raise ConfigError(
                 f'{self.resource_type} "{name}": {wire.URL_KEY}',
                 "is required",
-                fix="set url (e.g. url: ${<server>.url}) or the iac.provider's url",
+                fix="set url (e.g. nats://127.0.0.1:4222) here or on the iac.provider",
             )
         return url
 
@@ -200,8 +209,13 @@ class BrokerDriver(Driver):
             ]
             if moved:
                 return wire.diff_result(moved)
-        async with admin_for(url, self.settings) as (_, admin):
-            drifts = await self._drift(admin, cfg)
+        try:
+            async with admin_for(url, self.settings) as (_, admin):
+                drifts = await self._drift(admin, cfg)
+        except BrokerUnavailableError:
+            # Nothing to compare with (e.g. its server is down and restarts earlier in
+            # the same apply): apply ensures the object, which is a no-op if it matches.
+            return wire.diff_result([wire.missing_change("reachable")])
         if drifts is None:
             return wire.diff_result([wire.missing_change("exists")])
         return wire.diff_result(wire.field_changes(drifts))
@@ -290,12 +304,13 @@ class ServerDriver(Driver):
                 fix=f"valid keys are: {', '.join(_SERVER_KEYS)}",
             )
         data_dir = ours.get("data_dir")
-        if not isinstance(data_dir, str) or not data_dir:
+        if not isinstance(data_dir, str) or not data_dir.startswith("/"):
+            # The plugin runs in its own directory, not the config's: relative is ambiguous.
             raise ConfigError(
                 f"{where}.data_dir",
-                "is required (where the server keeps its store, log and pid record)",
+                "must be an absolute path (where the server keeps its store, log and pid)",
                 value=data_dir,
-                fix="set data_dir to a directory path, e.g. data_dir: .eventbus/nats",
+                fix="set data_dir, e.g. data_dir: ${HOME}/.local/state/eventbus/nats",
             )
         port = ours.get("port", 0)
         if isinstance(port, bool) or not isinstance(port, int | float) or not 0 <= port <= 65535:

@@ -142,10 +142,12 @@ class Provider:
     async def drifts(
         self, refs: list[ipb.ResourceRef], specs: dict[str, ipb.ResourceSpec]
     ) -> list[ipb.DriftResult]:
-        return [
-            wire.drift_result(ref, await self.driver(ref.type).drift(ref, specs.get(ref.name)))
-            for ref in refs
-        ]
+        results = []
+        for ref in refs:
+            spec = specs.get(ref.name)
+            drifts = await self.driver(ref.type).drift(ref, spec)
+            results.append(wire.drift_result(ref, drifts, compared=spec is not None))
+        return results
 
     async def import_state(self, request: ipb.ImportRequest) -> ipb.ResourceState:
         ref = ipb.ResourceRef(type=request.resource_type, provider_id=request.provider_id)
@@ -227,7 +229,7 @@ class DriftServicer(igrpc.IaCProviderDriftDetectorServicer):
     async def DetectDrift(  # noqa: N802
         self, request: ipb.DetectDriftRequest, context: Ctx
     ) -> ipb.DetectDriftResponse:
-        """Without configs only existence is checked: ghost or in sync."""
+        """Without configs only existence is checked: ghost, or unknown (present)."""
         return ipb.DetectDriftResponse(
             drifts=await _answer(context, self.p.drifts(list(request.refs), {}))
         )

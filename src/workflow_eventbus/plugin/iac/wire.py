@@ -147,11 +147,17 @@ def replaced_change(path: str, old: Any, new: Any) -> ipb.FieldChange:
     )
 
 
-def drift_result(ref: ipb.ResourceRef, drifts: list[SettingDrift] | None) -> ipb.DriftResult:
-    """A DriftResult: ghost when the object is gone, config when settings differ."""
+def drift_result(
+    ref: ipb.ResourceRef, drifts: list[SettingDrift] | None, *, compared: bool
+) -> ipb.DriftResult:
+    """A DriftResult: ghost when the object is gone, config when settings differ, in
+    sync when they were compared and match; unknown (not drifted) when it exists but
+    no config came to compare it with."""
     result = ipb.DriftResult(name=ref.name, type=ref.type, drifted=drifts != [])
     if drifts is None:
         kind = ipb.DRIFT_CLASS_GHOST
+    elif not drifts and not compared:
+        kind = ipb.DRIFT_CLASS_UNKNOWN
     elif not drifts:
         kind = ipb.DRIFT_CLASS_IN_SYNC
     else:

@@ -1,0 +1,236 @@
+"""The plugin as the engine's IaC provider: the real wfctl plans, applies, re-plans,
+sees hand-made drift and destroys infra.eventbus_* resources through it.
+
+One app config (``iac.provider {provider: eventbus}``, a filesystem ``iac.state``)
+declares a self-hosted server, a stream and a consumer. Every step is checked on
+the broker itself (nats-py) or on the process table, not only in wfctl's output.
+wfctl's diff cache is off (``WFCTL_DIFFCACHE=disabled``): with it on, a plan whose
+config and state did not change reuses the previous Diff answer and would not ask
+the broker (docs/iac.md says so too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+from engine_harness import free_port, run_wfctl
+
+from workflow_eventbus.devservers.engine import alive
+from workflow_eventbus.plugin.iac import server as supervisor
+
+pytestmark = pytest.mark.interop
+
+APP = """\
+modules:
+  - name: state
+    type: iac.state
+    config:
+      backend: filesystem
+      directory: {state}
+  - name: bus_iac
+    type: iac.provider
+    config:
+      provider: eventbus
+      connect_timeout: 2s
+  - name: bus_server
+    type: infra.eventbus_server
+    config:
+      provider: bus_iac
+      data_dir: {data_dir}
+      port: {port}
+  - name: orders
+    type: infra.eventbus_stream
+    config:
+      provider: bus_iac
+      depends_on: [bus_server]
+      url: nats://127.0.0.1:{port}
+      name: ORDERS
+      subjects: ["orders.>"]
+      max_age: 1h
+  - name: worker
+    type: infra.eventbus_consumer
+    config:
+      provider: bus_iac
+      depends_on: [orders]
+      url: nats://127.0.0.1:{port}
+      name: worker
+      stream_name: ORDERS
+      max_deliver: 5
+"""
+
+
+def _explain(done: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr[-3000:]}"
+
+
+class Infra:
+    def __init__(self, engine_bin: Path, plugins_dir: Path, folder: Path) -> None:
+        self.engine_bin, self.plugins_dir = engine_bin, plugins_dir
+        self.data_dir = folder / "nats"
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.config = folder / "app.yaml"
+        self.config.write_text(
+            APP.format(state=folder / "state", data_dir=self.data_dir, port=self.port)
+        )
+
+    def wfctl(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        command, *rest = args
+        flags = ["-c", str(self.config)]
+        if command != "outputs":
+            flags += ["--plugin-dir", str(self.plugins_dir)]
+        done = run_wfctl(self.engine_bin, "infra", command, *flags, *rest)
+        if ok:
+            assert done.returncode == 0, _explain(done)
+        return done
+
+    def server_pid(self) -> int:
+        record = supervisor.read_record(self.data_dir)
+        assert record is not None, f"no {supervisor.STATE_FILE} in {self.data_dir}"
+        return record.pid
+
+
+@pytest.fixture
+async def infra(
+    engine_bin: Path, plugins_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Infra]:
+    monkeypatch.setenv("WFCTL_DIFFCACHE", "disabled")
+    made = Infra(engine_bin, plugins_dir, tmp_path)
+    yield made
+    await supervisor.stop(made.data_dir, grace=5.0)  # only if a step failed before destroy
+
+
+async def _stream_config(url: str) -> dict[str, object]:
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jsm().stream_info("ORDERS")
+        consumer = await nc.jsm().consumer_info("ORDERS", "worker")
+        return {
+            "subjects": info.config.subjects,
+            "max_age": info.config.max_age,
+            "max_deliver": consumer.config.max_deliver,
+        }
+    finally:
+        await nc.close()
+
+
+async def _change_by_hand(url: str) -> None:
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jsm().stream_info("ORDERS")
+        info.config.max_age = 7200.0
+        await nc.jsm().update_stream(info.config)
+    finally:
+        await nc.close()
+
+
+async def _wait_gone(pid: int, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while alive(pid):
+        assert asyncio.get_running_loop().time() < deadline, f"pid {pid} still runs"
+        await asyncio.sleep(0.05)
+
+
+async def test_plan_apply_plan_drift_destroy_loop(infra: Infra) -> None:
+    # 1. plan on empty state: three creates, nothing touched yet.
+    done = infra.wfctl("plan")
+    assert "Plan: 3 to create, 0 to update, 0 to replace, 0 to destroy." in done.stdout, _explain(
+        done
+    )
+    assert not infra.data_dir.exists()
+
+    # 2. apply: the server runs after wfctl (and the plugin) exited; stream and
+    # consumer exist on it with the declared settings.
+    done = infra.wfctl("apply", "-y")
+    assert "✓ worker (infra.eventbus_consumer)" in done.stdout, _explain(done)
+    pid = infra.server_pid()
+    assert alive(pid)
+    assert await _stream_config(infra.url) == {
+        "subjects": ["orders.>"],
+        "max_age": 3600.0,
+        "max_deliver": 5,
+    }
+
+    # 3. a second plan asks the broker through Diff and finds nothing to do;
+    # a second apply is a no-op that keeps the same server process.
+    done = infra.wfctl("plan")
+    assert "No changes. Infrastructure is up-to-date." in done.stdout, _explain(done)
+    done = infra.wfctl("apply", "-y")
+    assert "No changes" in done.stdout, _explain(done)
+    assert infra.server_pid() == pid
+
+    # 4. a stream changed by hand is an update in the next plan; apply puts it back.
+    await _change_by_hand(infra.url)
+    done = infra.wfctl("plan")
+    assert "~ update  orders  (infra.eventbus_stream)" in done.stdout, _explain(done)
+    assert "Plan: 0 to create, 1 to update, 0 to replace, 0 to destroy." in done.stdout
+    infra.wfctl("apply", "-y")
+    assert (await _stream_config(infra.url))["max_age"] == 3600.0
+
+    # 5. a server that died (killed by hand) is planned back and restarted on its port.
+    os.kill(pid, signal.SIGKILL)
+    await _wait_gone(pid)
+    done = infra.wfctl("plan")
+    assert "~ update  bus_server  (infra.eventbus_server)" in done.stdout, _explain(done)
+    # stream and consumer cannot be compared while their broker is down: updates too
+    assert "Plan: 0 to create, 3 to update" in done.stdout, _explain(done)
+    infra.wfctl("apply", "-y")
+    restarted = infra.server_pid()
+    assert restarted != pid and alive(restarted)
+    assert (await _stream_config(infra.url))["subjects"] == ["orders.>"]  # file store kept
+
+    # 6. the outputs other configs use: the broker URL of the server (no credentials).
+    done = infra.wfctl("outputs", "-f", "json")
+    outputs = json.loads(done.stdout)
+    assert outputs["bus_server"]["url"] == infra.url, _explain(done)
+
+    # 7. destroy removes consumer, stream and server; no process, no data dir left.
+    done = infra.wfctl("destroy", "-y")
+    assert "✓ destroyed bus_server" in done.stdout, _explain(done)
+    await _wait_gone(restarted)
+    assert not infra.data_dir.exists()
+    done = infra.wfctl("plan")
+    assert "Plan: 3 to create" in done.stdout, _explain(done)
+
+
+async def test_a_stream_deleted_by_hand_is_a_ghost_for_drift_and_recreated_by_apply(
+    infra: Infra,
+) -> None:
+    infra.wfctl("apply", "-y")
+    done = infra.wfctl("drift")
+    assert "GHOST" not in done.stdout, _explain(done)
+    nc = await nats.connect(infra.url)
+    try:
+        await nc.jsm().delete_stream("ORDERS")  # takes its consumer with it
+        done = infra.wfctl("drift", ok=False)
+        assert done.returncode != 0, _explain(done)
+        assert "GHOST    orders" in done.stdout, _explain(done)
+        assert "GHOST    worker" in done.stdout, _explain(done)
+        done = infra.wfctl("plan")
+        assert "Plan: 0 to create, 2 to update" in done.stdout, _explain(done)
+        infra.wfctl("apply", "-y")
+        assert (await nc.jsm().consumer_info("ORDERS", "worker")).config.max_deliver == 5
+    finally:
+        await nc.close()
+    pid = infra.server_pid()
+    infra.wfctl("destroy", "-y")
+    await _wait_gone(pid)
+
+
+def test_a_relative_data_dir_is_refused_with_the_setting_and_the_fix(infra: Infra) -> None:
+    infra.config.write_text(
+        infra.config.read_text().replace(f"data_dir: {infra.data_dir}", "data_dir: nats")
+    )
+    done = infra.wfctl("apply", "-y", ok=False)
+    assert done.returncode != 0
+    assert 'infra.eventbus_server "bus_server".data_dir: must be an absolute path' in (
+        done.stdout + done.stderr
+    ), _explain(done)
