@@ -69,6 +69,8 @@ def test_an_r3_cluster_is_valid_against_the_kubernetes_schemas(target: str, vers
     assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
     (container,) = spec["template"]["spec"]["containers"]
     assert container["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi"}
+    assert container["command"] == ["nats-server"]
+    assert container["args"] == ["--config", "/etc/nats/nats.conf"]
     headless = next(s for s in kinds["Service"] if s["spec"].get("clusterIP") == "None")
     assert headless["spec"]["publishNotReadyAddresses"] is True
     assert kinds["PodDisruptionBudget"][0]["spec"]["maxUnavailable"] == 1

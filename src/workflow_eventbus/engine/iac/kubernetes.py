@@ -150,6 +150,7 @@ def _container(broker: Broker) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": "nats",
         "image": nats_conf.image(broker),
+        "command": ["nats-server"],  # whatever the image's entrypoint
         "args": ["--config", f"{CONFIG_DIR}/nats.conf"],
         "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
         "ports": [
