@@ -12,8 +12,8 @@ the broker (docs/iac.md says so too).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
+import shlex
 import signal
 import subprocess
 from collections.abc import AsyncIterator
@@ -132,6 +132,47 @@ async def _change_by_hand(url: str) -> None:
         await nc.close()
 
 
+RUNTIME_APP = """\
+name: iac-runtime
+modules:
+  - name: bus
+    type: eventbus.broker
+    config:
+      provider: nats
+      deploy_target: self_hosted
+      dsn: ${BUS_SERVER_URL}
+pipelines:
+  place-order:
+    steps:
+      - name: prepare
+        type: step.set
+        config:
+          values:
+            payload: "eyJvcmRlciI6ICJvcmQtMSJ9"
+      - name: publish
+        type: step.eventbus.publish
+        config:
+          subject: orders.created
+"""
+
+
+async def _publish_through_outputs(infra: Infra, monkeypatch: pytest.MonkeyPatch) -> None:
+    done = infra.wfctl("outputs", "-f", "env")
+    exported = dict(shlex.split(line)[0].split("=", 1) for line in done.stdout.splitlines())
+    assert exported["BUS_SERVER_URL"] == infra.url, _explain(done)
+    monkeypatch.setenv("BUS_SERVER_URL", exported["BUS_SERVER_URL"])
+    app = infra.config.with_name("runtime.yaml")
+    app.write_text(RUNTIME_APP)
+    args = ("pipeline", "run", "-c", str(app), "-p", "place-order")
+    done = run_wfctl(infra.engine_bin, *args, "--plugin-dir", str(infra.plugins_dir))
+    assert "Pipeline completed successfully" in done.stdout, _explain(done)
+    nc = await nats.connect(infra.url)
+    try:
+        assert (await nc.jsm().stream_info("ORDERS")).state.messages == 1
+    finally:
+        await nc.close()
+
+
 async def _wait_gone(pid: int, timeout: float = 10.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while alive(pid):
@@ -139,7 +180,9 @@ async def _wait_gone(pid: int, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_plan_apply_plan_drift_destroy_loop(infra: Infra) -> None:
+async def test_plan_apply_plan_drift_destroy_loop(
+    infra: Infra, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # 1. plan on empty state: three creates, nothing touched yet.
     done = infra.wfctl("plan")
     assert "Plan: 3 to create, 0 to update, 0 to replace, 0 to destroy." in done.stdout, _explain(
@@ -187,10 +230,9 @@ async def test_plan_apply_plan_drift_destroy_loop(infra: Infra) -> None:
     assert restarted != pid and alive(restarted)
     assert (await _stream_config(infra.url))["subjects"] == ["orders.>"]  # file store kept
 
-    # 6. the outputs other configs use: the broker URL of the server (no credentials).
-    done = infra.wfctl("outputs", "-f", "json")
-    outputs = json.loads(done.stdout)
-    assert outputs["bus_server"]["url"] == infra.url, _explain(done)
+    # 6. the outputs reach an app's eventbus.broker dsn: `wfctl infra outputs -f env`
+    # gives BUS_SERVER_URL, the engine fills ${BUS_SERVER_URL} in, a publish lands.
+    await _publish_through_outputs(infra, monkeypatch)
 
     # 7. destroy removes consumer, stream and server; no process, no data dir left.
     done = infra.wfctl("destroy", "-y")
@@ -199,6 +241,13 @@ async def test_plan_apply_plan_drift_destroy_loop(infra: Infra) -> None:
     assert not infra.data_dir.exists()
     done = infra.wfctl("plan")
     assert "Plan: 3 to create" in done.stdout, _explain(done)
+
+
+def test_wfctl_validate_knows_the_resource_types(infra: Infra) -> None:
+    args = ("validate", "--plugin-dir", str(infra.plugins_dir), "--allow-no-entry-points")
+    done = run_wfctl(infra.engine_bin, *args, str(infra.config))
+    assert done.returncode == 0, _explain(done)
+    assert f"PASS {infra.config}" in done.stdout, _explain(done)
 
 
 async def test_a_stream_deleted_by_hand_is_a_ghost_for_drift_and_recreated_by_apply(

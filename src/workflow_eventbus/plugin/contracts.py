@@ -344,8 +344,12 @@ def plugin_json() -> dict[str, Any]:
             "moduleTypes": list(ADVERTISED_MODULE_TYPES),
             "stepTypes": list(STEP_TYPES),
             "triggerTypes": list(TRIGGER_TYPES),
-            # wfctl finds an IaC provider plugin by capabilities.iacProvider.name.
-            "iacProvider": {"name": iac.PROVIDER_NAME},
+            # wfctl finds an IaC provider plugin by capabilities.iacProvider.name;
+            # `wfctl validate` learns the resource types from here.
+            "iacProvider": {
+                "name": iac.PROVIDER_NAME,
+                "resourceTypes": list(iac.RESOURCE_TYPES),
+            },
         },
         "iacProvider": {
             "name": iac.PROVIDER_NAME,
