@@ -1,6 +1,4 @@
-"""The IaC generator's dispatch and builders (engine/iac), and the state helpers."""
-
-import socket
+"""The IaC generator's dispatch and builders (engine/iac)."""
 
 import pytest
 
@@ -119,23 +117,3 @@ def test_pgchannel_gives_the_migration_command_and_managed_services_a_statement(
     assert "region eu-west-1, 1 shard(s)" in kinesis.notes[0]
     ecs = one(broker("aws.ecs"))
     assert not ecs.files and "nothing generated" in ecs.notes[0]
-
-
-def test_go_duration_text():
-    assert [iac.go_duration(s) for s in (0.5, 30, 90, 3600)] == ["500ms", "30s", "1m30s", "1h0m0s"]
-
-
-def test_connection_string_prefers_env_output():
-    state = iac.State({"uri": iac.Output("nats://a"), "uri.staging": iac.Output("nats://s")})
-    assert iac.connection_string(state, "staging") == "nats://s"
-    assert iac.connection_string(state, "prod") == "nats://a"
-    with pytest.raises(ConfigError, match="uri"):
-        iac.connection_string(iac.State())
-
-
-async def test_probe_a_real_server_and_a_closed_port(nats_server):
-    assert await iac.probe("127.0.0.1", nats_server.port) == "healthy"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    assert await iac.probe("127.0.0.1", port) == "unreachable"

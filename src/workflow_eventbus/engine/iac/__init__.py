@@ -24,7 +24,6 @@ from ...providers import REGISTRY, validate_cluster
 from ...providers import targets as t
 from . import digitalocean, kubernetes, operator, self_hosted
 from .model import Broker, Built, File, InfraModule, Options
-from .state import Output, State, connection_string, go_duration, probe
 
 
 @dataclass(slots=True)
@@ -108,11 +107,6 @@ __all__ = [
     "Generated",
     "InfraModule",
     "Options",
-    "Output",
-    "State",
     "build",
-    "connection_string",
     "generate",
-    "go_duration",
-    "probe",
 ]
