@@ -38,6 +38,7 @@ def test_name_and_features() -> None:
         Feature.PENDING,
         Feature.STATUS,
         Feature.EPHEMERAL_CONSUMERS,
+        Feature.ADMIN,
     }
 
 

@@ -1,0 +1,109 @@
+"""The IaC provider's broker half against a real nats-server: the admin capability
+(live settings vs config, delete), the stream/consumer drivers, and the
+self-hosted server supervisor (idempotent start, restart on the recorded port, stop)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from nats.js.api import StorageType
+from nats_provider_helpers import consumer_cfg, new_consumer, new_stream, stream_cfg, unique
+
+from workflow_eventbus._proto import iac_pb2 as ipb
+from workflow_eventbus.devservers.engine import alive
+from workflow_eventbus.plugin.iac import server as supervisor
+from workflow_eventbus.plugin.iac import wire
+from workflow_eventbus.plugin.iac.drivers import ConsumerDriver, Settings, StreamDriver
+from workflow_eventbus.providers.nats import NatsProvider
+
+
+async def test_stream_drift_is_none_when_missing_empty_when_equal_and_names_changes(
+    provider: NatsProvider, raw: Any
+) -> None:
+    assert await provider.stream_drift(stream_cfg(name=unique("S"), subjects=["x.>"])) is None
+    name, subject = await new_stream(provider, max_age="1h")
+    declared = stream_cfg(name=name, subjects=[f"{subject}.>"], max_age="1h")
+    assert await provider.stream_drift(declared) == []
+    info = await raw.stream_info(name)
+    info.config.max_age = 7200.0
+    await raw.update_stream(info.config)
+    [drift] = await provider.stream_drift(declared)
+    assert (drift.setting, drift.current, drift.desired, drift.immutable) == (
+        "max_age",
+        "7200s",
+        "3600s",
+        False,
+    )
+    memory = stream_cfg(name=name, subjects=[f"{subject}.>"], max_age="1h", storage="memory")
+    drifts = {d.setting: d for d in await provider.stream_drift(memory) or []}
+    assert drifts["storage"].immutable, drifts  # (max_age differs too: changed by hand)
+    assert (await raw.stream_info(name)).config.storage == StorageType.FILE
+
+
+async def test_consumer_drift_and_delete(provider: NatsProvider, raw: Any) -> None:
+    stream, _ = await new_stream(provider)
+    name = await new_consumer(provider, stream, max_deliver=5)
+    declared = consumer_cfg(name=name, stream_name=stream, max_deliver=5)
+    assert await provider.consumer_drift(declared) == []
+    [drift] = await provider.consumer_drift(consumer_cfg(name=name, stream_name=stream))
+    assert (drift.setting, drift.current) == ("max_deliver", "5")
+    assert await provider.consumer_drift(consumer_cfg(name="nope", stream_name=stream)) is None
+    assert await provider.delete_consumer(stream, name) is True
+    assert await provider.delete_consumer(stream, name) is False
+    assert await provider.delete_stream(stream) is True
+    assert await provider.delete_stream(stream) is False
+    assert await provider.consumer_drift(declared) is None  # the stream is gone too
+
+
+def _spec(resource: str, resource_type: str, **config: object) -> ipb.ResourceSpec:
+    return ipb.ResourceSpec(name=resource, type=resource_type, config_json=wire.dump_json(config))
+
+
+async def test_drivers_create_diff_update_read_delete(nats_url: str, raw: Any) -> None:
+    settings = Settings(url=nats_url)
+    streams, consumers = StreamDriver(settings), ConsumerDriver(settings)
+    stream = unique("S")
+    s_spec = _spec("orders", wire.STREAM_TYPE, name=stream, subjects=[f"{stream.lower()}.>"])
+    c_spec = _spec("worker", wire.CONSUMER_TYPE, name="worker", stream_name=stream)
+    s_out, c_out = await streams.create(s_spec), await consumers.create(c_spec)
+    assert s_out.provider_id == f"{wire.public_url(nats_url)}#{stream}"
+    assert c_out.provider_id == f"{wire.public_url(nats_url)}#{stream}/worker"
+    assert json.loads(c_out.outputs_json)["consumer"] == "worker"
+    assert not (await streams.diff(s_spec, s_out)).needs_update
+
+    longer = _spec(
+        "orders", wire.STREAM_TYPE, name=stream, subjects=[f"{stream.lower()}.>"], max_age="1h"
+    )
+    change = await streams.diff(longer, s_out)
+    assert change.needs_update and not change.needs_replace
+    assert [c.path for c in change.changes] == ["max_age"]
+    await streams.update(ipb.ResourceRef(provider_id=s_out.provider_id), longer)
+    assert (await raw.stream_info(stream)).config.max_age == 3600.0
+    assert not (await streams.diff(longer, s_out)).needs_update
+
+    ref = ipb.ResourceRef(name="orders", type=wire.STREAM_TYPE, provider_id=s_out.provider_id)
+    assert (await streams.read(ref)).provider_id == s_out.provider_id
+    c_ref = ipb.ResourceRef(name="worker", type=wire.CONSUMER_TYPE, provider_id=c_out.provider_id)
+    assert await consumers.delete(c_ref) is True
+    assert (await consumers.diff(c_spec, c_out)).changes[0].path == "exists"
+    assert await streams.delete(ref) is True
+    assert await streams.drift(ref, None) is None
+
+
+async def test_server_start_is_idempotent_restarts_on_its_port_and_stops(tmp_path: Path) -> None:
+    data_dir = tmp_path / "srv"
+    first = await supervisor.ensure_running(data_dir, 0, ready_timeout=15.0)
+    try:
+        assert alive(first.pid) and supervisor.is_serving(first)
+        again = await supervisor.ensure_running(data_dir, 0, ready_timeout=15.0)
+        assert again == first  # already running: the same process
+        assert await supervisor.stop(data_dir, grace=5.0) is True
+        assert not supervisor.is_serving(first)
+        back = await supervisor.ensure_running(data_dir, 0, ready_timeout=15.0)
+        assert back.port == first.port and back.pid != first.pid
+    finally:
+        assert await supervisor.remove(data_dir, grace=5.0) is True
+    assert not data_dir.exists()
+    assert await supervisor.remove(data_dir, grace=5.0) is False
