@@ -93,6 +93,8 @@ def test_write_saves_and_validate_then_reports_no_old_names(
     assert f"{app}:17: type infra.eventbus -> eventbus.broker" in shown
     assert "-    type: infra.eventbus\n+    type: eventbus.broker\n" in shown
     assert app.read_text() == GO_SHAPES.read_text()  # no --write: nothing saved
+    assert main(["upgrade-config", str(app), "--check"]) == 1
+    assert f"{app}: 5 change(s) to make" in capsys.readouterr().out
     assert main(["upgrade-config", str(app), "--write"]) == 0
     assert f"{app}: 5 change(s) written" in capsys.readouterr().out
     assert main(["validate", str(app)]) == 0
@@ -102,6 +104,7 @@ def test_write_saves_and_validate_then_reports_no_old_names(
     )
     assert main(["upgrade-config", str(app)]) == 0
     assert capsys.readouterr().out == f"{app}: nothing to upgrade\n"
+    assert main(["upgrade-config", str(app), "--check"]) == 0
 
 
 def test_unreadable_or_broken_files_exit_1(

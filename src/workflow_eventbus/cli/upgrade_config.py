@@ -10,12 +10,14 @@ command writes them as ``eventbus.broker``, ``eventbus.stream`` and
 Only those words change: the file is edited in place at the positions ruamel.yaml
 reports, so comments, order, quoting and blank lines stay byte for byte. Without
 ``--write`` it prints each change (``FILE:LINE: old -> new``) and the diff; with
-``--write`` it saves the file. Exit 0 either way, 1 when the file cannot be read
-or parsed; a trigger that gives both an alias and its key is reported and left
-as it is (the key wins at run time; delete the alias).
+``--write`` it saves the file; with ``--check`` it exits 1 when there is anything
+to change (CI). Otherwise exit 0, and 1 when the file cannot be read or parsed. A
+trigger that gives both an alias and its key is reported and left as it is (the
+key wins at run time; delete the alias).
 
     workflow-plugin-eventbus upgrade-config app.yaml
     workflow-plugin-eventbus upgrade-config app.yaml --write
+    workflow-plugin-eventbus upgrade-config app.yaml --check
 """
 
 from __future__ import annotations
@@ -65,7 +67,11 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("app", metavar="APP_YAML", help="the app config to upgrade")
-    parser.add_argument("--write", action="store_true", help="save the upgraded file in place")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="save the upgraded file in place")
+    mode.add_argument(
+        "--check", action="store_true", help="exit 1 when there is something to upgrade (CI)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -91,6 +97,9 @@ def run(ns: argparse.Namespace) -> int:
     if not result.edits:
         print(f"{ns.app}: nothing to upgrade")
         return 0
+    if ns.check:
+        print(f"{ns.app}: {len(result.edits)} change(s) to make; run upgrade-config --write")
+        return 1
     if ns.write:
         path.write_text(result.text, encoding="utf-8")
         print(f"{ns.app}: {len(result.edits)} change(s) written")
