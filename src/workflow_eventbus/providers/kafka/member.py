@@ -86,6 +86,7 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
         self._read_lock = asyncio.Lock()
         self._committer: asyncio.Task[None] | None = None
         self._closing = False
+        self.revoking: set[TopicPartition] = set()  # handed over, waiting for deliveries
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -265,7 +266,9 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
         if offsets:
             await self._consumer.commit(offsets)
             for tp, point in offsets.items():
-                self._parts[tp].committed_at(point)
+                owned = self._parts.get(tp)  # a rebalance may have taken it meanwhile
+                if owned is not None:
+                    owned.committed_at(point)
         if all(a.pending_commit() is None for a in self._parts.values()):
             self._committed.set()
 
@@ -280,6 +283,7 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
         gone = set(revoked)
         if not gone:
             return
+        self.revoking = gone
         self._ready = deque(r for r in self._ready if (r.topic, r.partition) not in gone)
         give_up = time.monotonic() + (0.0 if self._closing else REVOKE_WAIT)
         while time.monotonic() < give_up and any(
@@ -296,6 +300,7 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
             del self._leases[key]
         for tp in gone:
             self._parts.pop(tp, None)
+        self.revoking = set()
         self._changed.set()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:

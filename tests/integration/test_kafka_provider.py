@@ -1,0 +1,229 @@
+"""The kafka provider against real brokers: SASL/SCRAM over TLS, wrong credentials,
+unacked messages surviving a consumer's exit, a rebalance between two members,
+partitions with order per subject, and the config rules Kafka imposes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from fixtures_kafka import KafkaFactory
+
+from workflow_eventbus._proto import eventbus_pb2 as pb
+from workflow_eventbus.core.config import to_duration
+from workflow_eventbus.core.errors import BrokerUnavailableError, ConfigError
+from workflow_eventbus.providers import REGISTRY
+from workflow_eventbus.providers.base import AckAction, Delivery, OutboundMessage, Provider
+from workflow_eventbus.providers.kafka import KafkaProvider
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def make(url: str, **settings: object) -> KafkaProvider:
+    cluster = REGISTRY["kafka"].fill_defaults(pb.ClusterConfig(dsn=url, **settings))  # type: ignore[arg-type]
+    provider = REGISTRY["kafka"].create(cluster, url, "bus")
+    assert isinstance(provider, KafkaProvider)
+    return provider
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def kafka(kafka_url: str) -> AsyncIterator[KafkaProvider]:
+    provider = make(kafka_url)
+    await provider.connect(20.0)
+    yield provider
+    await provider.close()
+
+
+async def stream_of(provider: Provider, **kw: object) -> tuple[str, str]:
+    token = uuid.uuid4().hex[:8]
+    name, root = f"K_{token}", f"k{token}"
+    await provider.ensure_stream(pb.StreamConfig(name=name, subjects=[f"{root}.>"], **kw))  # type: ignore[arg-type]
+    return name, root
+
+
+async def consumer_of(provider: Provider, stream: str, ack_wait: float = 30.0) -> str:
+    name = f"c_{uuid.uuid4().hex[:8]}"
+    await provider.ensure_consumer(
+        pb.ConsumerConfig(
+            name=name,
+            stream_name=stream,
+            deliver_policy=pb.DELIVER_POLICY_ALL,
+            ack_wait=to_duration(ack_wait),
+        )
+    )
+    return name
+
+
+async def take(
+    provider: Provider, stream: str, consumer: str, want: int, timeout: float = 20.0
+) -> list[Delivery]:
+    got: list[Delivery] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        got += await provider.fetch(stream, consumer, want - len(got), 1.0)
+    return got
+
+
+async def test_scram_over_tls_works_and_a_wrong_password_is_refused_without_it(
+    private_kafka: KafkaFactory,
+) -> None:
+    server = await private_kafka(scram=("alice", "s3cret-pw"), tls=True)
+    assert server.ca_file is not None
+    host = server.bootstrap
+    tls = pb.TlsConfig(ca_file=str(server.ca_file))
+    good = make(f"kafka://alice:s3cret-pw@{host}", tls=tls)
+    await good.connect(30.0)
+    try:
+        assert good._options["security_protocol"] == "SASL_SSL"
+        stream, root = await stream_of(good)
+        durable = await consumer_of(good, stream)
+        sent = await good.publish(OutboundMessage(f"{root}.a", b"over tls", headers={"X": "1"}))
+        (got,) = await take(good, stream, durable, 1)
+        assert (got.payload, got.headers["X"], got.sequence) == (b"over tls", "1", sent.sequence)
+        await good.settle([got.ack_token], AckAction.ACK)
+    finally:
+        await good.close()
+
+    wrong = make(f"kafka://alice:not-the-pw@{host}", tls=tls)
+    with pytest.raises(BrokerUnavailableError) as err:
+        await wrong.connect(15.0)
+    assert "not-the-pw" not in str(err.value)
+    await wrong.close()
+
+    untrusted = make(
+        f"kafka://alice:s3cret-pw@{host}",
+        kafka=pb.KafkaConfig(security_protocol=pb.KAFKA_SECURITY_PROTOCOL_SASL_SSL),
+    )
+    with pytest.raises(BrokerUnavailableError):
+        await untrusted.connect(15.0)  # the dev CA is not in the system trust store
+    await untrusted.close()
+
+
+async def test_unacked_messages_come_back_after_the_reader_leaves(
+    kafka: KafkaProvider, kafka_url: str
+) -> None:
+    stream, root = await stream_of(kafka)
+    durable = await consumer_of(kafka, stream)
+    for i in range(4):
+        await kafka.publish(OutboundMessage(f"{root}.a", f"m{i}".encode()))
+    first = make(kafka_url)
+    await first.connect(20.0)
+    got = await take(first, stream, durable, 4)
+    assert [d.payload for d in got] == [b"m0", b"m1", b"m2", b"m3"]
+    await first.settle([got[0].ack_token, got[2].ack_token], AckAction.ACK)
+    await first.confirm()
+    await first.close()  # m1 (and m3) never acked: the committed offset stops at m1
+
+    again = await take(kafka, stream, durable, 3)
+    assert [d.payload for d in again] == [b"m1", b"m2", b"m3"]  # m2 was acked past the gap
+    assert [d.sequence for d in again] == [d.sequence for d in got[1:]]
+    await kafka.settle([d.ack_token for d in again], AckAction.ACK)
+    await kafka.confirm()
+    assert await kafka.fetch(stream, durable, 10, 1.0) == []
+
+
+async def revoking(provider: KafkaProvider, stream: str, durable: str) -> None:
+    """Return once the provider's member is handing partitions over (a member joined)."""
+    member = provider._members[(stream, durable)]
+    deadline = time.monotonic() + 15.0
+    while not member.revoking:
+        assert time.monotonic() < deadline, "the group never rebalanced"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_rebalance_lets_running_deliveries_finish_and_loses_nothing(
+    kafka: KafkaProvider, kafka_url: str
+) -> None:
+    stream, root = await stream_of(kafka, partitions=4)
+    durable = await consumer_of(kafka, stream)
+    subjects = [f"{root}.s{i}" for i in range(8)]
+    await kafka.publish_many([OutboundMessage(s, s.encode()) for s in subjects])
+    held = await take(kafka, stream, durable, 8)
+    assert len(held) == 8
+    other = make(kafka_url)
+    await other.connect(20.0)
+    try:
+        # The second member joins; the first still holds all 8 and acks them while the
+        # group rebalances: its revoked partitions wait for that, so nothing is read twice.
+        joining = asyncio.create_task(other.fetch(stream, durable, 10, 8.0))
+        await revoking(kafka, stream, durable)
+        await asyncio.sleep(1.0)  # the handlers are still working when the revoke begins
+        await kafka.settle([d.ack_token for d in held], AckAction.ACK)
+        assert await joining == []
+        await kafka.publish_many([OutboundMessage(s, b"second") for s in subjects])
+        seen: list[Delivery] = []
+        deadline = time.monotonic() + 20
+        while len(seen) < 8 and time.monotonic() < deadline:
+            for provider in (kafka, other):
+                batch = await provider.fetch(stream, durable, 8, 0.3)
+                await provider.settle([d.ack_token for d in batch], AckAction.ACK)
+                seen += batch
+        assert sorted(d.subject for d in seen) == sorted(subjects)
+        assert {d.payload for d in seen} == {b"second"}
+    finally:
+        await other.close()
+
+
+async def test_partitions_keep_order_per_subject(kafka: KafkaProvider) -> None:
+    stream, root = await stream_of(kafka, partitions=3)
+    durable = await consumer_of(kafka, stream)
+    msgs = [OutboundMessage(f"{root}.s{i % 5}", f"{i}".encode()) for i in range(60)]
+    results = await kafka.publish_many(msgs)
+    partitions = {r.sequence >> 40 & 0xFFF for r in results if not isinstance(r, Exception)}
+    assert len(partitions) > 1  # the subjects really are spread over partitions
+    got = await take(kafka, stream, durable, 60)
+    await kafka.settle([d.ack_token for d in got], AckAction.ACK)
+    by_subject: dict[str, list[int]] = {}
+    for d in got:
+        by_subject.setdefault(d.subject, []).append(int(d.payload))
+    assert len(got) == 60
+    assert all(values == sorted(values) for values in by_subject.values())
+
+
+async def test_streams_kafka_cannot_keep_are_refused_naming_the_setting(
+    kafka: KafkaProvider,
+) -> None:
+    cases = [
+        (
+            pb.StreamConfig(
+                name="K_bad1", subjects=["a.b"], retention_policy=pb.RETENTION_POLICY_WORKQUEUE
+            ),
+            "retention_policy",
+        ),
+        (pb.StreamConfig(name="K_bad2", subjects=["a.b"], max_msgs=10), "max_msgs"),
+        (pb.StreamConfig(name="K_bad3", subjects=["x.>", "x.y"]), "subjects"),
+        (pb.StreamConfig(name="K_bad4", subjects=["x.ü"]), "subjects[0]"),
+    ]
+    for cfg, setting in cases:
+        with pytest.raises(ConfigError) as err:
+            await kafka.ensure_stream(cfg)
+        assert err.value.setting.endswith(setting), (setting, str(err.value))
+        assert err.value.fix
+
+
+async def test_publish_while_the_broker_is_down_is_a_typed_error(
+    private_kafka: KafkaFactory,
+) -> None:
+    server = await private_kafka()
+    provider = make(server.url, connect_timeout=to_duration(3.0))
+    await provider.connect(30.0)
+    try:
+        _, root = await stream_of(provider)
+        await provider.publish(OutboundMessage(f"{root}.a", b"up"))
+        await server.kill()
+        with pytest.raises(BrokerUnavailableError):
+            await provider.publish(OutboundMessage(f"{root}.a", b"down"))
+        await server.restart()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                await provider.publish(OutboundMessage(f"{root}.a", b"back"))
+                break
+            except BrokerUnavailableError:
+                assert time.monotonic() < deadline, "publish did not recover"
+    finally:
+        await provider.close()
