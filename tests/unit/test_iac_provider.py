@@ -165,6 +165,21 @@ async def test_a_stream_moved_to_another_broker_or_name_is_a_replace() -> None:
     }
 
 
+async def test_a_broker_without_the_admin_capability_is_refused_before_connecting() -> None:
+    spec = _spec(
+        "orders",
+        wire.STREAM_TYPE,
+        name="ORDERS",
+        subjects=["orders.>"],
+        url="postgresql://app:pw@127.0.0.1:1/db",  # nothing listens on port 1
+    )
+    with pytest.raises(ConfigError) as caught:
+        await StreamDriver(Settings()).create(spec)
+    message = str(caught.value)
+    assert "provider pgchannel has no admin capability" in message
+    assert "use a broker whose provider is nats" in message and "pw" not in message
+
+
 async def test_plan_creates_new_diffs_existing_and_deletes_removed(tmp_path: Path) -> None:
     provider = Provider()
     data_dir = tmp_path / "nats"  # no server runs there: the existing one is down

@@ -30,7 +30,7 @@ from ...core.validation import validate_consumer, validate_stream
 from ...engine.bus import EventBus
 from ...providers import provider_for_url
 from ...providers.base import HasAdmin, Provider, SettingDrift
-from ...providers.capabilities import require_admin
+from ...providers.capabilities import providers_with, require_admin
 from . import server, wire
 from .wire import BrokerObject
 
@@ -73,6 +73,13 @@ async def admin_for(url: str, settings: Settings) -> AsyncIterator[tuple[Provide
             value=wire.public_url(url),
             fix="use a nats:// URL, e.g. nats://127.0.0.1:<the server's port>",
         ) from exc
+    if not issubclass(spec.load(), HasAdmin):  # before connecting: it would not help
+        raise ConfigError(
+            wire.URL_KEY,
+            f"provider {spec.name} has no {HasAdmin.feature.value} capability ({HasAdmin.summary})",
+            value=wire.public_url(url),
+            fix=f"use a broker whose provider is {' or '.join(providers_with(HasAdmin))}",
+        )
     cluster = spec.fill_defaults(pb.ClusterConfig(dsn=url))
     cluster.connect_timeout.FromNanoseconds(int(settings.connect_timeout * 1e9))
     bus = EventBus()
