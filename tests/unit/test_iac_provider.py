@@ -87,6 +87,12 @@ def test_drifts_become_field_changes_and_an_immutable_one_means_replace() -> Non
     replace = wire.diff_result(wire.field_changes([soft, hard]))
     assert replace.needs_replace and [c.force_new for c in replace.changes] == [False, True]
     assert not wire.diff_result([]).needs_update
+    gone = wire.drift_diff(None, missing="exists")
+    assert gone.needs_update and not gone.needs_replace
+    assert [(c.path, json.loads(c.old_json), json.loads(c.new_json)) for c in gone.changes] == [
+        ("exists", False, True)
+    ]
+    assert not wire.drift_diff([], missing="exists").needs_update
 
 
 def test_drift_results_say_ghost_config_in_sync_or_unknown() -> None:

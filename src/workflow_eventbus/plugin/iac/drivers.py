@@ -223,9 +223,7 @@ class BrokerDriver(Driver):
             # Nothing to compare with (e.g. its server is down and restarts earlier in
             # the same apply): apply ensures the object, which is a no-op if it matches.
             return wire.diff_result([wire.missing_change("reachable")])
-        if drifts is None:
-            return wire.diff_result([wire.missing_change("exists")])
-        return wire.diff_result(wire.field_changes(drifts))
+        return wire.drift_diff(drifts, missing="exists")
 
     async def drift(
         self, ref: ipb.ResourceRef, spec: ipb.ResourceSpec | None
@@ -354,9 +352,7 @@ class ServerDriver(Driver):
             change = wire.replaced_change("data_dir", current.provider_id, str(cfg.data_dir))
             return wire.diff_result([change])
         drifts = await self.drift(ipb.ResourceRef(provider_id=str(cfg.data_dir)), desired)
-        if drifts is None:
-            return wire.diff_result([wire.missing_change("running")])
-        return wire.diff_result(wire.field_changes(drifts))
+        return wire.drift_diff(drifts, missing="running")
 
     async def drift(
         self, ref: ipb.ResourceRef, spec: ipb.ResourceSpec | None

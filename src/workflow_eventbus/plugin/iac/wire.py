@@ -136,6 +136,14 @@ def diff_result(changes: list[ipb.FieldChange]) -> ipb.DiffResult:
     )
 
 
+def drift_diff(drifts: list[SettingDrift] | None, *, missing: str) -> ipb.DiffResult:
+    """The diff of a live resource: ``missing`` false -> true when it is gone (apply
+    recreates it), else one change per drifted setting."""
+    if drifts is None:
+        return diff_result([missing_change(missing)])
+    return diff_result(field_changes(drifts))
+
+
 def missing_change(what: str) -> ipb.FieldChange:
     """The change of a resource recorded in state but gone from the broker: recreate it."""
     return ipb.FieldChange(path=what, old_json=dump_json(False), new_json=dump_json(True))
