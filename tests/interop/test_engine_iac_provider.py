@@ -22,6 +22,7 @@ from pathlib import Path
 import nats
 import pytest
 from engine_harness import free_port, run_wfctl
+from nats.js.api import StorageType
 
 from workflow_eventbus.devservers.engine import alive
 from workflow_eventbus.plugin.iac import server as supervisor
@@ -269,6 +270,36 @@ async def test_a_stream_deleted_by_hand_is_a_ghost_for_drift_and_recreated_by_ap
         assert (await nc.jsm().consumer_info("ORDERS", "worker")).config.max_deliver == 5
     finally:
         await nc.close()
+    pid = infra.server_pid()
+    infra.wfctl("destroy", "-y")
+    await _wait_gone(pid)
+
+
+async def test_a_setting_jetstream_cannot_change_is_a_replace_and_consumers_follow(
+    infra: Infra,
+) -> None:
+    infra.wfctl("apply", "-y")
+    infra.config.write_text(
+        infra.config.read_text().replace(
+            "      max_age: 1h\n", "      max_age: 1h\n      storage: memory\n"
+        )
+    )
+    done = infra.wfctl("plan")
+    assert "replace  orders  (infra.eventbus_stream)" in done.stdout, _explain(done)
+    assert "Plan: 0 to create, 0 to update, 1 to replace" in done.stdout, _explain(done)
+    infra.wfctl("apply", "-y")
+    nc = await nats.connect(infra.url)
+    try:
+        assert (await nc.jsm().stream_info("ORDERS")).config.storage == StorageType.MEMORY
+        # Deleting the stream took its consumer: the next plan recreates it.
+        done = infra.wfctl("plan")
+        assert "~ update  worker  (infra.eventbus_consumer)" in done.stdout, _explain(done)
+        infra.wfctl("apply", "-y")
+        assert (await nc.jsm().consumer_info("ORDERS", "worker")).config.max_deliver == 5
+    finally:
+        await nc.close()
+    done = infra.wfctl("plan")
+    assert "No changes." in done.stdout, _explain(done)
     pid = infra.server_pid()
     infra.wfctl("destroy", "-y")
     await _wait_gone(pid)
