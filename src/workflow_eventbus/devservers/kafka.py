@@ -40,7 +40,7 @@ from pathlib import Path
 from ..core.errors import BrokerUnavailableError, ConfigError
 from ..core.lifecycle import Service
 from .certs import make_certs
-from .kafka_wire import Metadata, PartitionInfo, fetch_metadata
+from .kafka_wire import Metadata, PartitionInfo, fetch_metadata, find_group_coordinator
 from .processes import accepts_connections, free_port, terminate
 
 KAFKA_VERSION = "4.1.1"  # = kafka.version in scripts/kafka/pom.xml
@@ -52,6 +52,7 @@ _SETUP_HINT = (
     f"with mvn), or set {ENV_LIBS} to a directory holding the Kafka {KAFKA_VERSION} jars"
 )
 _POLL = 0.05
+_READY_GROUP = "eventbus-devserver-ready"  # only ever looked up, never joined
 _JVM_OPTS = (
     "-Xms64m",
     "-XX:+UseG1GC",
@@ -415,7 +416,8 @@ class KafkaServer(Service):
 
     async def _wait_ready(self) -> None:
         """Until every running node answers metadata listing every running node as a
-        live broker, and accepts connections on its client listener."""
+        live broker and accepts connections on its client listener, and the group
+        coordinator is up."""
         deadline = time.monotonic() + self.ready_timeout
         while True:
             running = [node for node in self._nodes if node.running]
@@ -436,12 +438,19 @@ class KafkaServer(Service):
             await asyncio.sleep(_POLL)
 
     async def _all_see(self, running: list[_Node]) -> bool:
+        """Every running node lists every running node, and consumer groups have a
+        coordinator (so a client's first group join does not wait for one)."""
         want = {node.index for node in running}
-        for node in running:
-            try:
+        try:
+            for node in running:
                 meta = await fetch_metadata(node.internal_port, [], timeout=1.0)
-            except (OSError, TimeoutError):
-                return False
-            if not want <= set(meta.brokers) or not await accepts_connections(node.client_port):
-                return False
-        return True
+                if not want <= set(meta.brokers):
+                    return False
+                if not await accepts_connections(node.client_port):
+                    return False
+            coordinator = await find_group_coordinator(
+                running[0].internal_port, _READY_GROUP, timeout=1.0
+            )
+        except (OSError, TimeoutError):
+            return False
+        return coordinator >= 0

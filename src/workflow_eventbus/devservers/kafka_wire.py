@@ -1,9 +1,11 @@
-"""Just enough of the Kafka wire protocol to ask a broker for metadata.
+"""Just enough of the Kafka wire protocol to ask a broker for metadata and a group
+coordinator.
 
 The dev server (:mod:`.kafka`) checks readiness and finds partition leaders with
-one Metadata request (v4, the newest non-flexible version; Kafka 4.x serves
-0-13) on each node's plaintext internal listener, so it needs no Kafka client
-library and works the same whichever client the provider uses.
+Metadata requests (v4, the newest non-flexible version; Kafka 4.x serves 0-13)
+and FindCoordinator (v1; 0-6 served) on a node's plaintext internal listener, so
+it needs no Kafka client library and works the same whichever client the
+provider uses.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import struct
 from dataclasses import dataclass, field
 
 _METADATA = 3
-_VERSION = 4
+_METADATA_VERSION = 4
+_FIND_COORDINATOR = 10
+_FIND_COORDINATOR_VERSION = 1
 _CLIENT_ID = b"eventbus-devserver"
 
 
@@ -61,14 +65,18 @@ def _string(value: str | bytes) -> bytes:
     return struct.pack(">h", len(raw)) + raw
 
 
-def encode_request(correlation_id: int, topics: list[str] | None) -> bytes:
+def encode_request(api_key: int, version: int, correlation_id: int, body: bytes) -> bytes:
+    """A request with header v1 (non-flexible) and its size prefix."""
+    header = struct.pack(">hhi", api_key, version, correlation_id) + _string(_CLIENT_ID)
+    message = header + body
+    return struct.pack(">i", len(message)) + message
+
+
+def metadata_body(topics: list[str] | None) -> bytes:
     body = struct.pack(">i", -1) if topics is None else struct.pack(">i", len(topics))
     for name in topics or ():
         body += _string(name)
-    body += b"\x00"  # allow_auto_topic_creation: false
-    header = struct.pack(">hhi", _METADATA, _VERSION, correlation_id) + _string(_CLIENT_ID)
-    message = header + body
-    return struct.pack(">i", len(message)) + message
+    return body + b"\x00"  # allow_auto_topic_creation: false
 
 
 def decode_response(payload: bytes) -> Metadata:
@@ -102,14 +110,11 @@ def decode_response(payload: bytes) -> Metadata:
     return Metadata(brokers, controller, topics, errors)
 
 
-async def fetch_metadata(
-    port: int, topics: list[str] | None = None, *, host: str = "127.0.0.1", timeout: float = 2.0
-) -> Metadata:
-    """One Metadata request to ``host:port`` (a PLAINTEXT listener); OSError/TimeoutError
-    while the broker does not answer."""
+async def _call(port: int, request: bytes, host: str, timeout: float) -> bytes:
+    """Send one request, return the response after its correlation id."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     try:
-        writer.write(encode_request(1, topics))
+        writer.write(request)
         await writer.drain()
         size = struct.unpack(">i", await asyncio.wait_for(reader.readexactly(4), timeout))[0]
         data = await asyncio.wait_for(reader.readexactly(size), timeout)
@@ -119,4 +124,28 @@ async def fetch_metadata(
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-    return decode_response(data[4:])  # after the correlation id
+    return data[4:]
+
+
+async def fetch_metadata(
+    port: int, topics: list[str] | None = None, *, host: str = "127.0.0.1", timeout: float = 2.0
+) -> Metadata:
+    """One Metadata request to ``host:port`` (a PLAINTEXT listener); OSError/TimeoutError
+    while the broker does not answer."""
+    request = encode_request(_METADATA, _METADATA_VERSION, 1, metadata_body(topics))
+    return decode_response(await _call(port, request, host, timeout))
+
+
+async def find_group_coordinator(
+    port: int, group: str, *, host: str = "127.0.0.1", timeout: float = 2.0
+) -> int:
+    """The node coordinating consumer group ``group``; while there is none yet, the
+    negated error code (the first ask makes the broker create ``__consumer_offsets``)."""
+    body = _string(group) + b"\x00"  # key type 0: a consumer group
+    request = encode_request(_FIND_COORDINATOR, _FIND_COORDINATOR_VERSION, 2, body)
+    r = _Reader(await _call(port, request, host, timeout))
+    r.take(">i")  # throttle_time_ms
+    error = r.take(">h")
+    r.string()  # error message
+    node = r.take(">i")
+    return node if error == 0 else -error
