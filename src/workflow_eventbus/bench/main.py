@@ -21,6 +21,7 @@ def settings_from(ns: argparse.Namespace) -> Settings:
         loop=ns.loop,
         plugin_loop=ns.plugin_loop,
         pg=not ns.no_pg,
+        kafka=not ns.no_kafka,
         out=ns.out,
     )
 
@@ -48,6 +49,10 @@ async def main(ns: argparse.Namespace) -> int:
             from .pg_paths import pg_run
 
             outcomes += await pg_run(settings, _selected)
+        if settings.kafka:
+            from .kafka_paths import kafka_run
+
+            outcomes += await kafka_run(settings, _selected, env)
     print(report(outcomes, settings))
     print(f"total {time.monotonic() - started:.0f}s")
     return 1 if any(o.error for o in outcomes) else 0

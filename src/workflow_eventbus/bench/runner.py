@@ -40,6 +40,7 @@ class Settings:
     loop: str = "asyncio"
     plugin_loop: str = "default"
     pg: bool = True
+    kafka: bool = True
     out: Path = Path("bench/results.json")
 
     @property

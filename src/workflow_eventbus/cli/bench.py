@@ -53,6 +53,9 @@ def add_parser(subparsers: Any) -> None:
         "--no-pg", action="store_true", help="skip the pgchannel rows (no PostgreSQL)"
     )
     parser.add_argument(
+        "--no-kafka", action="store_true", help="skip the kafka rows (no Kafka broker)"
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path("bench/results.json"), help="where to write the JSON"
     )
     engine = parser.add_argument_group(
