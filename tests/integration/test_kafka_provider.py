@@ -121,6 +121,8 @@ async def test_unacked_messages_come_back_after_the_reader_leaves(
     again = await take(kafka, stream, durable, 3)
     assert [d.payload for d in again] == [b"m1", b"m2", b"m3"]  # m2 was acked past the gap
     assert [d.sequence for d in again] == [d.sequence for d in got[1:]]
+    # The counts travelled in the commit: m1 and m3 were delivered before, m2 finished.
+    assert [d.delivery_count for d in again] == [2, 1, 2]
     await kafka.settle([d.ack_token for d in again], AckAction.ACK)
     await kafka.confirm()
     assert await kafka.fetch(stream, durable, 10, 1.0) == []

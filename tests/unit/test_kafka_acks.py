@@ -61,3 +61,15 @@ def test_commit_point_is_the_oldest_unfinished(finished: list[bool], rnd: object
         acks.finish(offset)
     unfinished = [o for o, done in enumerate(finished) if not done]
     assert acks.commit_point() == (unfinished[0] if unfinished else len(finished))
+
+
+def test_delivery_counts_round_trip_bounded_and_tolerant() -> None:
+    from workflow_eventbus.providers.kafka.acks import MAX_COUNTS, decode_counts, encode_counts
+
+    counts = {offset: offset % 7 + 1 for offset in range(MAX_COUNTS + 50)}
+    text = encode_counts(counts)
+    back = decode_counts(text)
+    assert back == {o: c for o, c in counts.items() if o < MAX_COUNTS}  # the oldest are kept
+    assert len(text) < 4096  # Kafka's default offset.metadata.max.bytes
+    assert decode_counts("") == {} and decode_counts("written by another tool") == {}
+    assert decode_counts("5:2,x:1,7:") == {5: 2}

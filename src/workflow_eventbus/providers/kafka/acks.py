@@ -64,3 +64,26 @@ class PartitionAcks:
 
     def committed_at(self, offset: int) -> None:
         self.committed = max(self.committed, offset)
+
+
+# The delivery counts of a partition's unfinished records travel in the commit's
+# metadata string (the broker keeps up to offset.metadata.max.bytes, 4096 by
+# default): "<offset>:<count>,..." for the oldest MAX_COUNTS records delivered at
+# least once. A new owner of the partition (after a crash or a rebalance) goes on
+# counting from there, so max_deliver holds across processes.
+MAX_COUNTS = 200
+
+
+def encode_counts(counts: dict[int, int]) -> str:
+    kept = sorted(counts.items())[:MAX_COUNTS]
+    return ",".join(f"{offset}:{count}" for offset, count in kept)
+
+
+def decode_counts(text: str) -> dict[int, int]:
+    """The counts of :func:`encode_counts`; what is not ours (other tools' metadata) is ignored."""
+    counts: dict[int, int] = {}
+    for item in text.split(","):
+        offset, sep, count = item.partition(":")
+        if sep and offset.isdigit() and count.isdigit():
+            counts[int(offset)] = int(count)
+    return counts

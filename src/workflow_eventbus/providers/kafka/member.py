@@ -8,7 +8,9 @@ turns the records of its partitions into bus deliveries:
   the next delivery count; a record past ``max_deliver`` is dropped (finished);
 - ack and term finish a record; the group's offset of a partition is committed
   up to the oldest unfinished record (``acks.PartitionAcks``), by a committer
-  task shortly after, so nothing unfinished is ever skipped;
+  task shortly after, so nothing unfinished is ever skipped; the commit carries
+  the delivery counts of the unfinished records (``acks.encode_counts``), which
+  the partition's next owner continues from;
 - records that do not match the consumer's filter are finished when read;
 - a revoked partition (rebalance) first lets running deliveries finish (at most
   ``REVOKE_WAIT`` seconds), commits what is finished and forgets the rest, which
@@ -27,13 +29,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from ...core.errors import BrokerUnavailableError
 from ...core.lifecycle import cancel_and_wait
 from ...core.subjects import filter_matches
 from ..base import AckAction, Delivery
-from .acks import PartitionAcks
+from .acks import PartitionAcks, decode_counts, encode_counts
 from .topics import Token, encode_sequence, group_id
 
 REVOKE_WAIT = 10.0  # s a revoked partition waits for its running deliveries
@@ -63,11 +66,19 @@ class MemberConfig:
 
 
 class Member(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, cfg: MemberConfig, options: dict[str, Any], log: logging.Logger) -> None:
+    def __init__(
+        self,
+        cfg: MemberConfig,
+        options: dict[str, Any],
+        admin: AIOKafkaAdminClient,
+        log: logging.Logger,
+    ) -> None:
         self.cfg = cfg
         self.log = log
+        self._admin = admin
+        self._group = group_id(cfg.stream, cfg.consumer)
         self._consumer = AIOKafkaConsumer(
-            group_id=group_id(cfg.stream, cfg.consumer),
+            group_id=self._group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=10_000,
@@ -79,6 +90,8 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
         self._parts: dict[TopicPartition, PartitionAcks] = {}
         self._ready: deque[Record] = deque()  # read, matching, not delivered yet
         self._leases: dict[tuple[str, int, int], _Lease] = {}
+        self._counts: dict[TopicPartition, dict[int, int]] = {}  # from the last commit
+        self._recount: set[TopicPartition] = set()  # delivery counts changed since
         self._changed = asyncio.Event()  # a settle happened: fetch looks again
         self._dirty = asyncio.Event()  # a commit point moved
         self._committed = asyncio.Event()  # nothing left to commit
@@ -172,11 +185,21 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
             lease.deadline = now + self.cfg.ack_wait
             lease.running = True
             out.append(self._delivery(lease))
+            self._recount.add(TopicPartition(key[0], key[1]))
         while self._ready and len(out) < limit and len(self._leases) < self._max_pending():
             record = self._ready.popleft()
-            lease = _Lease(record, 1, now + self.cfg.ack_wait, True)
+            tp = TopicPartition(record.topic, record.partition)
+            # A count from the commit: an earlier owner delivered it already. Past
+            # max_deliver it is still handed out once, so the subscriber dead-letters
+            # it rather than it vanishing unsettled.
+            before = self._counts.get(tp, {}).pop(record.offset, 0)
+            lease = _Lease(record, before + 1, now + self.cfg.ack_wait, True)
             self._leases[(record.topic, record.partition, record.offset)] = lease
             out.append(self._delivery(lease))
+            self._recount.add(tp)
+        if out:
+            self._committed.clear()
+            self._dirty.set()
         return out
 
     def _delivery(self, lease: _Lease) -> Delivery:
@@ -257,15 +280,31 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
                 self._dirty.set()
                 await asyncio.sleep(COMMIT_RETRY)
 
+    def _counts_of(self, tp: TopicPartition, point: int) -> str:
+        counts = {o: c for o, c in self._counts.get(tp, {}).items() if o >= point}
+        for (topic, partition, offset), lease in self._leases.items():
+            if (topic, partition) == tp and offset >= point:
+                counts[offset] = lease.count
+        return encode_counts(counts)
+
     async def _commit_now(self, only: set[TopicPartition] | None = None) -> None:
-        offsets = {}
+        offsets: dict[TopicPartition, tuple[int, str]] = {}
         for tp, acks in self._parts.items():
+            if only is not None and tp not in only:
+                continue
             point = acks.pending_commit()
-            if point is not None and (only is None or tp in only):
-                offsets[tp] = point
+            if point is None and tp in self._recount:
+                point = acks.commit_point()
+            if point is not None and point >= 0:
+                offsets[tp] = (point, self._counts_of(tp, point))
+        self._recount.difference_update(offsets)
         if offsets:
-            await self._consumer.commit(offsets)
-            for tp, point in offsets.items():
+            try:
+                await self._consumer.commit(offsets)
+            except BaseException:
+                self._recount.update(offsets)
+                raise
+            for tp, (point, _) in offsets.items():
                 owned = self._parts.get(tp)  # a rebalance may have taken it meanwhile
                 if owned is not None:
                     owned.committed_at(point)
@@ -300,9 +339,23 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
             del self._leases[key]
         for tp in gone:
             self._parts.pop(tp, None)
+            self._counts.pop(tp, None)
+        self._recount.difference_update(gone)
         self.revoking = set()
         self._changed.set()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         for tp in assigned:
             self._parts.setdefault(tp, PartitionAcks())
+        if not assigned:
+            return
+        try:
+            committed = await self._admin.list_consumer_group_offsets(
+                self._group, partitions=list(assigned)
+            )
+        except KafkaError as exc:
+            self.log.warning("kafka: delivery counts of %s not read: %s", self._group, exc)
+            return
+        for tp, found in committed.items():
+            if found.metadata:
+                self._counts[tp] = decode_counts(found.metadata)

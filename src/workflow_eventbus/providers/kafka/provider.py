@@ -281,7 +281,7 @@ class KafkaProvider(Provider, HasPending, HasDeadLetters):
                 max_deliver=cfg.max_deliver,
                 max_ack_pending=cfg.max_ack_pending or DEFAULT_MAX_ACK_PENDING,
             )
-            member = Member(member_cfg, self._options, self.log)
+            member = Member(member_cfg, self._options, self.admin, self.log)
             try:
                 await self._call("join consumer group", member.start())
             except BaseException:
