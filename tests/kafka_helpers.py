@@ -72,3 +72,18 @@ async def read_all(server: KafkaServer, topic: str, count: int) -> list[bytes]:
         return values
     finally:
         await consumer.stop()
+
+
+async def group_members(server: KafkaServer, group: str) -> list[Any]:
+    """``[state, member count]`` of a consumer group (``["Dead", 0]`` before it exists)."""
+    admin = AIOKafkaAdminClient(**client_options(server))
+    await admin.start()
+    try:
+        responses = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    for response in responses:
+        for entry in response.groups:
+            # (error_code, group_id, state, protocol_type, protocol, members, ...)
+            return [entry[2], len(entry[5])]
+    return ["Dead", 0]
