@@ -311,7 +311,7 @@ class DriverServicer(igrpc.ResourceDriverServicer):
                 await driver.read(request.ref)
             except NotFoundError as exc:
                 return ipb.HealthResult(healthy=False, message=str(exc))
-            return ipb.HealthResult(healthy=True, message="present on the broker")
+            return ipb.HealthResult(healthy=True, message=f"{request.resource_type} present")
 
         result = await self._run(context, request.resource_type, check)
         return ipb.ResourceHealthCheckResponse(result=result)
