@@ -5,6 +5,8 @@ partitions with order per subject, and the config rules Kafka imposes."""
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,7 +17,7 @@ from fixtures_kafka import KafkaFactory
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
 from workflow_eventbus.core.config import to_duration
-from workflow_eventbus.core.errors import BrokerUnavailableError, ConfigError
+from workflow_eventbus.core.errors import BrokerUnavailableError, ConfigError, NotFoundError
 from workflow_eventbus.providers import REGISTRY
 from workflow_eventbus.providers.base import AckAction, Delivery, OutboundMessage, Provider
 from workflow_eventbus.providers.kafka import KafkaProvider
@@ -229,3 +231,49 @@ async def test_publish_while_the_broker_is_down_is_a_typed_error(
                 assert time.monotonic() < deadline, "publish did not recover"
     finally:
         await provider.close()
+
+
+async def test_status_reports_streams_and_consumers(kafka: KafkaProvider, kafka_url: str) -> None:
+    stream, root = await stream_of(kafka)
+    durable = await consumer_of(kafka, stream)
+    sent = [await kafka.publish(OutboundMessage(f"{root}.a", f"m{i}".encode())) for i in range(5)]
+    got = await take(kafka, stream, durable, 3)
+    await kafka.settle([got[0].ack_token], AckAction.ACK)
+    await kafka.settle([got[1].ack_token], AckAction.NAK)
+    again = await take(kafka, stream, durable, 1)
+    assert again[0].delivery_count == 2
+    (row,) = [s for s in await kafka.stream_status() if s.name == stream]
+    assert (row.messages, row.consumers, row.retention) == (5, 1, "limits")
+    assert (row.first_sequence, row.last_sequence) == (sent[0].sequence, sent[-1].sequence)
+    assert row.subjects == (f"{root}.>",) and row.last_published is not None
+    (consumer,) = await kafka.consumer_status(stream)
+    # 2 never delivered; 2 held (one of them delivered twice); one acked.
+    assert (consumer.name, consumer.pending, consumer.ack_pending, consumer.redelivered) == (
+        durable,
+        2,
+        2,
+        1,
+    )
+    with pytest.raises(NotFoundError):
+        await kafka.consumer_status("NO_SUCH_STREAM")
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "workflow_eventbus.cli.main",
+        "status",
+        "--url",
+        kafka_url,
+        "--stream",
+        stream,
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    report = json.loads(out)
+    assert report["provider"] == "kafka"
+    assert [(s["name"], s["messages"]) for s in report["streams"]] == [(stream, 5)]
+    # Another process holds no leases: what this one holds counts as pending there.
+    assert [(c["name"], c["pending"]) for c in report["consumers"]] == [(durable, 4)]

@@ -257,8 +257,10 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
     def held(self) -> int:
         return len(self._leases)
 
-    def held_on(self, tp: TopicPartition) -> int:
-        return sum(1 for (t, p, _), _lease in self._leases.items() if (t, p) == tp)
+    @property
+    def redelivered(self) -> int:
+        """Leases held here of records delivered more than once."""
+        return sum(1 for lease in self._leases.values() if lease.count > 1)
 
     def waiting(self) -> int:
         """Read from Kafka, matching, not delivered yet."""

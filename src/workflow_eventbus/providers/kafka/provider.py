@@ -52,12 +52,13 @@ from .options import client_options
 from .publisher import Publisher
 from .registry import TOPIC as REGISTRY_TOPIC
 from .registry import Registry, StreamRecord
+from .status import KafkaStatus
 from .topics import parse_token
 
 HEALTH_INTERVAL = 2.0  # s between connection checks
 
 
-class KafkaProvider(Provider, HasPending, HasDeadLetters):
+class KafkaProvider(Provider, HasPending, HasDeadLetters, KafkaStatus):
     name = "kafka"
     features = frozenset(
         {
@@ -67,6 +68,7 @@ class KafkaProvider(Provider, HasPending, HasDeadLetters):
             Feature.PERSISTENT,
             Feature.DEAD_LETTERS,
             Feature.PENDING,
+            Feature.STATUS,
         }
     )
 
