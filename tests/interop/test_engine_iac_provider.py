@@ -12,6 +12,7 @@ the broker (docs/iac.md says so too).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shlex
 import signal
@@ -242,6 +243,21 @@ async def test_plan_apply_plan_drift_destroy_loop(
     assert not infra.data_dir.exists()
     done = infra.wfctl("plan")
     assert "Plan: 3 to create" in done.stdout, _explain(done)
+
+
+def test_verify_capabilities_finds_every_declared_iac_service(
+    engine_bin: Path, plugins_dir: Path
+) -> None:
+    """plugin.json's iacServices equal the services the running plugin registers:
+    a declared one missing fails the command, an undeclared one is a WARN line."""
+    folder = plugins_dir / "workflow-plugin-eventbus"
+    binary = folder / "workflow-plugin-eventbus"
+    declared = json.loads((folder / "plugin.json").read_text())["iacServices"]
+    assert "workflow.plugin.external.iac.ResourceDriver" in declared
+    args = ("plugin", "verify-capabilities", "--binary", str(binary), str(folder))
+    done = run_wfctl(engine_bin, *args)
+    assert done.returncode == 0, _explain(done)
+    assert "iacServices" not in done.stderr, _explain(done)
 
 
 def test_wfctl_validate_knows_the_resource_types(infra: Infra) -> None:
