@@ -277,3 +277,56 @@ async def test_status_reports_streams_and_consumers(kafka: KafkaProvider, kafka_
     assert [(s["name"], s["messages"]) for s in report["streams"]] == [(stream, 5)]
     # Another process holds no leases: what this one holds counts as pending there.
     assert [(c["name"], c["pending"]) for c in report["consumers"]] == [(durable, 4)]
+
+
+async def cli(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "workflow_eventbus.cli.main",
+        *args,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def rows(out: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+async def test_tail_and_msg_id_dedup_across_processes(kafka: KafkaProvider, kafka_url: str) -> None:
+    stream, root = await stream_of(kafka)
+    a, b = f"{root}.a", f"{root}.b"
+    url = ["--url", kafka_url]
+    code, out, err = await cli("publish", a, "one", "--header", "k=v", "--json", *url)
+    assert code == 0, err
+    (first,) = rows(out)
+    code, _, err = await cli("publish", b, "other", "--count", "2", *url)
+    assert code == 0, err
+    send = ("publish", a, "-", "--msg-id", "m", "--count", "2", "--json", *url)
+    code, out, err = await cli(*send, stdin=b"from stdin")
+    assert code == 0, err
+    sent = rows(out)
+    # A new process publishing the same ids: the dedup store was filled from the topic.
+    code, out, err = await cli(*send, stdin=b"from stdin")
+    assert code == 0, err
+    again = rows(out)
+    assert all(r["duplicate"] for r in again) and not any(r["duplicate"] for r in sent)
+    assert [r["sequence"] for r in again] == [r["sequence"] for r in sent]
+
+    code, out, err = await cli("tail", a, "--from-start", "--count", "3", "--json", *url)
+    assert code == 0, err
+    tailed = rows(out)
+    assert [r["data"] for r in tailed] == ["one", "from stdin", "from stdin"]
+    assert [r["sequence"] for r in tailed] == [first["sequence"]] + [r["sequence"] for r in sent]
+    assert tailed[0]["headers"] == {"k": "v"}
+    code, out, err = await cli("tail", a, "--last", "2", "--count", "2", "--json", *url)
+    assert code == 0, err
+    assert [r["sequence"] for r in rows(out)] == [r["sequence"] for r in sent]
+    # The readers were groupless: no consumer group of the stream is left on the broker.
+    groups = await kafka.admin.list_consumer_groups()
+    assert not [g for g in groups if str(g[0]).startswith(f"{stream}.")]

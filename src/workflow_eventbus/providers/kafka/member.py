@@ -72,11 +72,16 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
         options: dict[str, Any],
         admin: AIOKafkaAdminClient,
         log: logging.Logger,
+        *,
+        start_at: dict[TopicPartition, int] | None = None,
     ) -> None:
         self.cfg = cfg
         self.log = log
         self._admin = admin
-        self._group = group_id(cfg.stream, cfg.consumer)
+        # start_at: an ephemeral reader, no group: these partitions from these offsets,
+        # nothing committed (see ephemeral.py).
+        self._start_at = start_at
+        self._group = group_id(cfg.stream, cfg.consumer) if start_at is None else None
         self._consumer = AIOKafkaConsumer(
             group_id=self._group,
             enable_auto_commit=False,
@@ -103,6 +108,12 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def start(self) -> None:
         await self._consumer.start()
+        if self._start_at is not None:
+            self._consumer.assign(list(self._start_at))
+            for tp, offset in self._start_at.items():
+                self._consumer.seek(tp, offset)
+                self._parts[tp] = PartitionAcks()
+            return
         self._consumer.subscribe(sorted(self.cfg.topics), listener=self)
         self._committer = asyncio.create_task(
             self._commit_loop(), name=f"kafka commits {self.cfg.stream}/{self.cfg.consumer}"
@@ -290,6 +301,9 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
         return encode_counts(counts)
 
     async def _commit_now(self, only: set[TopicPartition] | None = None) -> None:
+        if self._group is None:  # an ephemeral reader keeps no position on the broker
+            self._committed.set()
+            return
         offsets: dict[TopicPartition, tuple[int, str]] = {}
         for tp, acks in self._parts.items():
             if only is not None and tp not in only:

@@ -47,6 +47,7 @@ from ..base import (
 )
 from . import streams as s
 from .dead_letters import KafkaDeadLetters
+from .ephemeral import KafkaEphemeral
 from .member import Member, MemberConfig
 from .options import client_options
 from .publisher import Publisher
@@ -58,7 +59,7 @@ from .topics import parse_token
 HEALTH_INTERVAL = 2.0  # s between connection checks
 
 
-class KafkaProvider(Provider, HasPending, HasDeadLetters, KafkaStatus):
+class KafkaProvider(Provider, HasPending, HasDeadLetters, KafkaStatus, KafkaEphemeral):
     name = "kafka"
     features = frozenset(
         {
@@ -69,6 +70,7 @@ class KafkaProvider(Provider, HasPending, HasDeadLetters, KafkaStatus):
             Feature.DEAD_LETTERS,
             Feature.PENDING,
             Feature.STATUS,
+            Feature.EPHEMERAL_CONSUMERS,
         }
     )
 
