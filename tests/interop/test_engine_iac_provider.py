@@ -15,16 +15,21 @@ import asyncio
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc_tools
 import nats
 import pytest
-from engine_harness import free_port, run_wfctl
+from engine_harness import engine_binaries, free_port, run_wfctl
+from google.protobuf import descriptor_pb2
+from grpc_tools import protoc
 from nats.js.api import StorageType
 
+from workflow_eventbus._proto import iac_pb2 as ipb
 from workflow_eventbus.devservers.engine import alive
 from workflow_eventbus.plugin.iac import server as supervisor
 
@@ -330,3 +335,54 @@ def test_a_relative_data_dir_is_refused_with_the_setting_and_the_fix(infra: Infr
     assert 'infra.eventbus_server "bus_server".data_dir: must be an absolute path' in (
         done.stdout + done.stderr
     ), _explain(done)
+
+
+def _engine_iac_descriptors(tmp_path: Path) -> descriptor_pb2.FileDescriptorProto:
+    """The engine's own iac.proto (from the Go module cache interop/build.sh filled),
+    compiled here."""
+    version = (engine_binaries() / "VERSION").read_text().strip()
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    cache = subprocess.run(
+        [go, "env", "GOMODCACHE"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    folder = Path(cache) / f"github.com/!go!code!alone/workflow@{version}/plugin/external/proto"
+    assert (folder / "iac.proto").is_file(), (
+        f"{folder}/iac.proto is missing: run WORKFLOW_INTEROP_REBUILD=1 bash interop/build.sh"
+    )
+    out = tmp_path / "engine_iac.bin"
+    include = Path(grpc_tools.__file__).parent / "_proto"
+    code = protoc.main(
+        ["protoc", f"-I{folder}", f"-I{include}", f"--descriptor_set_out={out}", "iac.proto"]
+    )
+    assert code == 0, "protoc could not compile the engine's iac.proto"
+    files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
+    return next(f for f in files.file if f.name == "iac.proto")
+
+
+def test_our_iac_proto_has_the_engines_wire_facts(tmp_path: Path) -> None:
+    """Every message, enum and service we declare exists in the engine's iac.proto with
+    the same package, fields (name, number, type, label, type name) and methods."""
+    engine = _engine_iac_descriptors(tmp_path)
+    ours = descriptor_pb2.FileDescriptorProto()
+    ipb.DESCRIPTOR.CopyToProto(ours)
+    assert ours.package == engine.package == "workflow.plugin.external.iac"
+
+    def fields(message: descriptor_pb2.DescriptorProto) -> dict[str, tuple[object, ...]]:
+        shape = {f.name: (f.number, f.type, f.label, f.type_name) for f in message.field}
+        for nested in message.nested_type:  # map entries
+            shape.update({f"{nested.name}.{k}": v for k, v in fields(nested).items()})
+        return shape
+
+    theirs = {m.name: fields(m) for m in engine.message_type}
+    for message in ours.message_type:
+        assert message.name in theirs, message.name
+        assert fields(message) == theirs[message.name], message.name
+    their_enums = {e.name: [(v.name, v.number) for v in e.value] for e in engine.enum_type}
+    for enum in ours.enum_type:
+        assert [(v.name, v.number) for v in enum.value] == their_enums[enum.name], enum.name
+    their_services = {
+        s.name: {m.name: (m.input_type, m.output_type) for m in s.method} for s in engine.service
+    }
+    for service in ours.service:
+        methods = {m.name: (m.input_type, m.output_type) for m in service.method}
+        assert methods == their_services[service.name], service.name
