@@ -326,6 +326,18 @@ async def test_a_setting_jetstream_cannot_change_is_a_replace_and_consumers_foll
     await _wait_gone(pid)
 
 
+def test_a_reference_to_the_servers_output_arrives_empty_and_is_named(infra: Infra) -> None:
+    """wfctl v0.85.4 fills ${...} from the environment before a resource's config
+    reaches the plugin, so ${bus_server.url} is "" (docs/iac.md says so)."""
+    text = infra.config.read_text().replace(f"url: {infra.url}", "url: ${bus_server.url}")
+    infra.config.write_text(text)
+    done = infra.wfctl("apply", "-y", ok=False)
+    assert done.returncode != 0
+    assert 'infra.eventbus_stream "orders": url: is required (or came empty' in done.stdout, (
+        _explain(done)
+    )
+
+
 def test_a_relative_data_dir_is_refused_with_the_setting_and_the_fix(infra: Infra) -> None:
     infra.config.write_text(
         infra.config.read_text().replace(f"data_dir: {infra.data_dir}", "data_dir: nats")

@@ -146,7 +146,8 @@ class BrokerDriver(Driver):
         if not url:
             raise ConfigError(
                 f'{self.resource_type} "{name}": {wire.URL_KEY}',
-                "is required",
+                "is required (or came empty: wfctl fills ${...} from the environment, "
+                "so a ${<resource>.<output>} reference arrives as nothing)",
                 fix="set url (e.g. nats://127.0.0.1:4222) here or on the iac.provider",
             )
         return url
