@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,6 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 from fixtures_kafka import KafkaFactory
+from test_cli_ops import cli
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
 from workflow_eventbus.core.config import to_duration
@@ -257,41 +257,13 @@ async def test_status_reports_streams_and_consumers(kafka: KafkaProvider, kafka_
     with pytest.raises(NotFoundError):
         await kafka.consumer_status("NO_SUCH_STREAM")
 
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "workflow_eventbus.cli.main",
-        "status",
-        "--url",
-        kafka_url,
-        "--stream",
-        stream,
-        "--json",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
+    code, out, err = await cli("status", "--url", kafka_url, "--stream", stream, "--json")
+    assert code == 0, err
     report = json.loads(out)
     assert report["provider"] == "kafka"
     assert [(s["name"], s["messages"]) for s in report["streams"]] == [(stream, 5)]
     # Another process holds no leases: what this one holds counts as pending there.
     assert [(c["name"], c["pending"]) for c in report["consumers"]] == [(durable, 4)]
-
-
-async def cli(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "workflow_eventbus.cli.main",
-        *args,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def rows(out: str) -> list[dict[str, object]]:

@@ -232,6 +232,20 @@ class KafkaProvider(Provider, HasPending, HasDeadLetters, KafkaStatus, KafkaEphe
             )
         return record
 
+    async def _consumer(self, stream: str, name: str) -> tuple[StreamRecord, pb.ConsumerConfig]:
+        """The stream and the consumer's config, from the registry (read again on a miss)."""
+        record = await self._stream(stream)
+        cfg = self.registry.consumer(stream, name)
+        if cfg is None:
+            await self._call("sync", self.registry.sync())
+            cfg = self.registry.consumer(stream, name)
+        if cfg is None:
+            raise NotFoundError(
+                f'kafka: consumer "{name}" not found on stream "{stream}"; declare it with an '
+                "eventbus.consumer module"
+            )
+        return record, cfg
+
     # ---- publish ----
 
     @property
@@ -261,16 +275,7 @@ class KafkaProvider(Provider, HasPending, HasDeadLetters, KafkaStatus, KafkaEphe
             member = self._members.get((stream, consumer))
             if member is not None:
                 return member
-            record = await self._stream(stream)
-            cfg = self.registry.consumer(stream, consumer)
-            if cfg is None:
-                await self._call("sync", self.registry.sync())
-                cfg = self.registry.consumer(stream, consumer)
-            if cfg is None:
-                raise NotFoundError(
-                    f'kafka: consumer "{consumer}" not found on stream "{stream}"; declare it '
-                    "with an eventbus.consumer module"
-                )
+            record, cfg = await self._consumer(stream, consumer)
             ack_wait = (
                 duration_seconds(cfg.ack_wait)
                 or duration_seconds(record.cfg.ack_wait)
@@ -324,13 +329,7 @@ class KafkaProvider(Provider, HasPending, HasDeadLetters, KafkaStatus, KafkaEphe
     # ---- capabilities ----
 
     async def pending(self, stream: str, consumer: str) -> tuple[int, int]:
-        record = await self._stream(stream)
-        cfg = self.registry.consumer(stream, consumer)
-        if cfg is None:
-            await self._call("sync", self.registry.sync())
-            cfg = self.registry.consumer(stream, consumer)
-        if cfg is None:
-            raise NotFoundError(f'kafka: consumer "{consumer}" not found on stream "{stream}"')
+        record, cfg = await self._consumer(stream, consumer)
         member = self._members.get((stream, consumer))
         counted: tuple[int, int] = await self._call(
             "pending", s.pending(self.admin, self._options, record, cfg, member)
