@@ -57,6 +57,7 @@ from ..base import (
 )
 from . import mapping as m
 from . import queries as q
+from .admin import PgAdmin
 from .checkout import Checkout
 from .claim import claim
 from .connections import Connections
@@ -83,7 +84,7 @@ class _StreamInfo:
     channel: str
 
 
-class PgChannelProvider(Provider, HasPending, HasDeadLetters, PgStatus, PgEphemeral):
+class PgChannelProvider(Provider, HasPending, HasDeadLetters, PgStatus, PgEphemeral, PgAdmin):
     name = "pgchannel"
     features = frozenset(
         {
@@ -95,6 +96,7 @@ class PgChannelProvider(Provider, HasPending, HasDeadLetters, PgStatus, PgEpheme
             Feature.PENDING,
             Feature.STATUS,
             Feature.EPHEMERAL_CONSUMERS,
+            Feature.ADMIN,
         }
     )
     sweep_interval = 5.0

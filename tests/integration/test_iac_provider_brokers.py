@@ -1,6 +1,7 @@
-"""The IaC provider's broker half against a real nats-server: the admin capability
-(live settings vs config, delete), the stream/consumer drivers, and the
-self-hosted server supervisor (idempotent start, restart on the recorded port, stop)."""
+"""The IaC provider's broker half against real servers: the NATS admin capability
+(live settings vs config, delete), the stream/consumer drivers on nats-server and on
+PostgreSQL (pgchannel), and the self-hosted server supervisor (idempotent start,
+restart on the recorded port, stop)."""
 
 from __future__ import annotations
 
@@ -107,3 +108,27 @@ async def test_server_start_is_idempotent_restarts_on_its_port_and_stops(tmp_pat
         assert await supervisor.remove(data_dir, grace=5.0) is True
     assert not data_dir.exists()
     assert await supervisor.remove(data_dir, grace=5.0) is False
+
+
+async def test_drivers_on_pgchannel_create_diff_and_delete(pg_dsn: str) -> None:
+    """The same drivers on a PostgreSQL URL (the pgchannel provider's admin capability)."""
+    settings = Settings(url=pg_dsn)  # stored ids have no password: reached through this
+    streams, consumers = StreamDriver(settings), ConsumerDriver(settings)
+    stream = unique("S")
+    s_spec = _spec("orders", wire.STREAM_TYPE, name=stream, subjects=[f"{stream.lower()}.>"])
+    c_spec = _spec("worker", wire.CONSUMER_TYPE, name="worker", stream_name=stream)
+    s_out, c_out = await streams.create(s_spec), await consumers.create(c_spec)
+    assert s_out.provider_id == f"{wire.public_url(pg_dsn)}#{stream}"
+    assert not (await streams.diff(s_spec, s_out)).needs_update
+    more = _spec("worker", wire.CONSUMER_TYPE, name="worker", stream_name=stream, max_deliver=3)
+    change = await consumers.diff(more, c_out)
+    assert [c.path for c in change.changes] == ["max_deliver"] and not change.needs_replace
+    ref = ipb.ResourceRef(name="orders", type=wire.STREAM_TYPE, provider_id=s_out.provider_id)
+    assert await streams.delete(ref) is True
+    assert (
+        await consumers.drift(
+            ipb.ResourceRef(name="worker", type=wire.CONSUMER_TYPE, provider_id=c_out.provider_id),
+            None,
+        )
+        is None
+    )
