@@ -398,3 +398,61 @@ def test_our_iac_proto_has_the_engines_wire_facts(tmp_path: Path) -> None:
     for service in ours.service:
         methods = {m.name: (m.input_type, m.output_type) for m in service.method}
         assert methods == their_services[service.name], service.name
+
+
+PG_APP = """\
+modules:
+  - name: state
+    type: iac.state
+    config:
+      backend: filesystem
+      directory: {state}
+  - name: bus_iac
+    type: iac.provider
+    config:
+      provider: eventbus
+      url: ${{EVENTBUS_TEST_PG_DSN}}
+  - name: orders
+    type: infra.eventbus_stream
+    config:
+      provider: bus_iac
+      name: {stream}
+      subjects: ["{root}.>"]
+  - name: worker
+    type: infra.eventbus_consumer
+    config:
+      provider: bus_iac
+      depends_on: [orders]
+      name: worker
+      stream_name: {stream}
+      max_deliver: 5
+"""
+
+
+async def test_pgchannel_streams_and_consumers_through_wfctl(
+    infra: Infra, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same loop on PostgreSQL, the DSN set once on the iac.provider."""
+    import psycopg
+
+    stream = f"IAC{free_port()}"
+    monkeypatch.setenv("EVENTBUS_TEST_PG_DSN", pg_dsn)
+    infra.config.write_text(
+        PG_APP.format(state=infra.config.parent / "state", stream=stream, root=stream.lower())
+    )
+    assert "Plan: 2 to create" in infra.wfctl("plan").stdout
+    infra.wfctl("apply", "-y")
+    query = "SELECT max_deliver FROM eventbus_consumers WHERE stream_name = %s AND name = 'worker'"
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        assert await (await conn.execute(query, (stream,))).fetchall() == [(5,)]
+        assert "No changes." in infra.wfctl("plan").stdout
+        update = "UPDATE eventbus_consumers SET max_deliver = 9 WHERE stream_name = %s"
+        await conn.execute(update, (stream,))  # by hand
+        done = infra.wfctl("plan")
+        assert "~ update  worker  (infra.eventbus_consumer)" in done.stdout, _explain(done)
+        infra.wfctl("apply", "-y")
+        assert await (await conn.execute(query, (stream,))).fetchall() == [(5,)]
+        done = infra.wfctl("destroy", "-y")
+        assert "✓ destroyed orders" in done.stdout, _explain(done)
+        rows = "SELECT count(*) FROM eventbus_streams WHERE name = %s"
+        assert await (await conn.execute(rows, (stream,))).fetchall() == [(0,)]
