@@ -35,7 +35,8 @@ from workflow_eventbus.plugin.iac import server as supervisor
 
 pytestmark = pytest.mark.interop
 
-APP = """\
+# The state and the provider of both apps; then each one's own provider settings.
+HEADER = """\
 modules:
   - name: state
     type: iac.state
@@ -46,6 +47,11 @@ modules:
     type: iac.provider
     config:
       provider: eventbus
+"""
+
+APP = (
+    HEADER
+    + """\
       connect_timeout: 2s
   - name: bus_server
     type: infra.eventbus_server
@@ -72,6 +78,7 @@ modules:
       stream_name: ORDERS
       max_deliver: 5
 """
+)
 
 
 def _explain(done: subprocess.CompletedProcess[str]) -> str:
@@ -98,6 +105,12 @@ class Infra:
         if ok:
             assert done.returncode == 0, _explain(done)
         return done
+
+    async def destroy(self) -> None:
+        """``wfctl infra destroy`` and wait until the server process is gone."""
+        pid = self.server_pid()
+        self.wfctl("destroy", "-y")
+        await _wait_gone(pid)
 
     def server_pid(self) -> int:
         record = supervisor.read_record(self.data_dir)
@@ -291,9 +304,7 @@ async def test_a_stream_deleted_by_hand_is_a_ghost_for_drift_and_recreated_by_ap
         assert (await nc.jsm().consumer_info("ORDERS", "worker")).config.max_deliver == 5
     finally:
         await nc.close()
-    pid = infra.server_pid()
-    infra.wfctl("destroy", "-y")
-    await _wait_gone(pid)
+    await infra.destroy()
 
 
 async def test_a_setting_jetstream_cannot_change_is_a_replace_and_consumers_follow(
@@ -321,9 +332,7 @@ async def test_a_setting_jetstream_cannot_change_is_a_replace_and_consumers_foll
         await nc.close()
     done = infra.wfctl("plan")
     assert "No changes." in done.stdout, _explain(done)
-    pid = infra.server_pid()
-    infra.wfctl("destroy", "-y")
-    await _wait_gone(pid)
+    await infra.destroy()
 
 
 def test_a_reference_to_the_servers_output_arrives_empty_and_is_named(infra: Infra) -> None:
@@ -400,17 +409,9 @@ def test_our_iac_proto_has_the_engines_wire_facts(tmp_path: Path) -> None:
         assert methods == their_services[service.name], service.name
 
 
-PG_APP = """\
-modules:
-  - name: state
-    type: iac.state
-    config:
-      backend: filesystem
-      directory: {state}
-  - name: bus_iac
-    type: iac.provider
-    config:
-      provider: eventbus
+PG_APP = (
+    HEADER
+    + """\
       url: ${{EVENTBUS_TEST_PG_DSN}}
   - name: orders
     type: infra.eventbus_stream
@@ -427,6 +428,7 @@ modules:
       stream_name: {stream}
       max_deliver: 5
 """
+)
 
 
 async def test_pgchannel_streams_and_consumers_through_wfctl(

@@ -157,9 +157,22 @@ class BrokerDriver(Driver):
         own = self.settings.url
         return own if own and wire.same_broker(own, obj.url) else obj.url
 
-    @abc.abstractmethod
+    config_class: ClassVar[type[Any]]  # the config message (StreamConfig, ConsumerConfig)
+
     def _decode(self, spec: ipb.ResourceSpec) -> tuple[BrokerObject, str, Any]:
         """(the object the spec names, its broker URL, the decoded config)."""
+        where = f'{self.resource_type} "{spec.name}"'
+        ours, url = wire.split_config(wire.load_json(spec.config_json, setting=where))
+        cfg = decode(self.config_class, ours, setting=where)
+        self._validate(spec.name, cfg)
+        url = self._url(spec.name, url)
+        return self._object(wire.public_url(url), cfg), url, cfg
+
+    @abc.abstractmethod
+    def _validate(self, name: str, cfg: Any) -> None: ...
+
+    @abc.abstractmethod
+    def _object(self, url: str, cfg: Any) -> BrokerObject: ...
 
     @abc.abstractmethod
     async def _ensure(self, provider: Provider, cfg: Any) -> None: ...
@@ -238,14 +251,13 @@ class BrokerDriver(Driver):
 
 class StreamDriver(BrokerDriver):
     resource_type = wire.STREAM_TYPE
+    config_class = pb.StreamConfig
 
-    def _decode(self, spec: ipb.ResourceSpec) -> tuple[BrokerObject, str, pb.StreamConfig]:
-        where = f'{self.resource_type} "{spec.name}"'
-        ours, url = wire.split_config(wire.load_json(spec.config_json, setting=where))
-        cfg = decode(pb.StreamConfig, ours, setting=where)
-        validate_stream(spec.name, cfg)
-        url = self._url(spec.name, url)
-        return BrokerObject(wire.public_url(url), cfg.name), url, cfg
+    def _validate(self, name: str, cfg: pb.StreamConfig) -> None:
+        validate_stream(name, cfg)
+
+    def _object(self, url: str, cfg: pb.StreamConfig) -> BrokerObject:
+        return BrokerObject(url, cfg.name)
 
     async def _ensure(self, provider: Provider, cfg: pb.StreamConfig) -> None:
         await provider.ensure_stream(cfg)
@@ -262,14 +274,13 @@ class StreamDriver(BrokerDriver):
 
 class ConsumerDriver(BrokerDriver):
     resource_type = wire.CONSUMER_TYPE
+    config_class = pb.ConsumerConfig
 
-    def _decode(self, spec: ipb.ResourceSpec) -> tuple[BrokerObject, str, pb.ConsumerConfig]:
-        where = f'{self.resource_type} "{spec.name}"'
-        ours, url = wire.split_config(wire.load_json(spec.config_json, setting=where))
-        cfg = decode(pb.ConsumerConfig, ours, setting=where)
-        validate_consumer(spec.name, cfg, kind=self.resource_type)
-        url = self._url(spec.name, url)
-        return BrokerObject(wire.public_url(url), cfg.stream_name, cfg.name), url, cfg
+    def _validate(self, name: str, cfg: pb.ConsumerConfig) -> None:
+        validate_consumer(name, cfg, kind=self.resource_type)
+
+    def _object(self, url: str, cfg: pb.ConsumerConfig) -> BrokerObject:
+        return BrokerObject(url, cfg.stream_name, cfg.name)
 
     async def _ensure(self, provider: Provider, cfg: pb.ConsumerConfig) -> None:
         await provider.ensure_consumer(cfg)
