@@ -222,6 +222,13 @@ async def test_plan_apply_plan_drift_destroy_loop(
         "max_deliver": 5,
     }
 
+    done = infra.wfctl("status")
+    for name in ("bus_server", "orders", "worker"):
+        assert any(
+            line.split()[:1] == [name] and line.split()[-1] == "running"
+            for line in done.stdout.splitlines()
+        ), _explain(done)
+
     # 3. a second plan asks the broker through Diff and finds nothing to do;
     # a second apply is a no-op that keeps the same server process.
     done = infra.wfctl("plan")
@@ -348,9 +355,8 @@ def test_a_reference_to_the_servers_output_arrives_empty_and_is_named(infra: Inf
 
 
 def test_a_relative_data_dir_is_refused_with_the_setting_and_the_fix(infra: Infra) -> None:
-    infra.config.write_text(
-        infra.config.read_text().replace(f"data_dir: {infra.data_dir}", "data_dir: nats")
-    )
+    text = infra.config.read_text().replace(f"data_dir: {infra.data_dir}", "data_dir: nats")
+    infra.config.write_text(text[: text.index("  - name: orders")])  # the server alone
     done = infra.wfctl("apply", "-y", ok=False)
     assert done.returncode != 0
     assert 'infra.eventbus_server "bus_server".data_dir: must be an absolute path' in (
