@@ -156,7 +156,11 @@ class _Node:
 
 
 class KafkaServer(Service):
-    """``nodes`` combined KRaft broker+controller processes on 127.0.0.1."""
+    """``nodes`` combined KRaft broker+controller processes on 127.0.0.1.
+
+    ``workdir`` keeps the configs, logs and data after :meth:`stop` (to look at, or
+    to ``start()`` the same object again); a new object formats a fresh cluster and
+    needs an empty directory."""
 
     def __init__(
         self,
