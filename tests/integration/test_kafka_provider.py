@@ -12,15 +12,23 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from fixtures_kafka import KafkaFactory
+from reliability_helpers import until
 from test_cli_ops import cli
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
 from workflow_eventbus.core.config import to_duration
-from workflow_eventbus.core.errors import BrokerUnavailableError, ConfigError, NotFoundError
+from workflow_eventbus.core.errors import (
+    BrokerUnavailableError,
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+)
 from workflow_eventbus.providers import REGISTRY
 from workflow_eventbus.providers.base import AckAction, Delivery, OutboundMessage, Provider
 from workflow_eventbus.providers.kafka import KafkaProvider
+from workflow_eventbus.providers.kafka.streams import partitions_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -218,10 +226,15 @@ async def test_publish_while_the_broker_is_down_is_a_typed_error(
     try:
         _, root = await stream_of(provider)
         await provider.publish(OutboundMessage(f"{root}.a", b"up"))
+        states: list[bool] = []
+        provider.state_listener = lambda up, reason: states.append(up)
         await server.kill()
         with pytest.raises(BrokerUnavailableError):
             await provider.publish(OutboundMessage(f"{root}.a", b"down"))
+        await until(lambda: not provider.connected, what="the provider reports the broker down")
         await server.restart()
+        await until(lambda: provider.connected, timeout=30, what="the provider reports the broker back")
+        assert states == [False, True]
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -302,3 +315,41 @@ async def test_tail_and_msg_id_dedup_across_processes(kafka: KafkaProvider, kafk
     # The readers were groupless: no consumer group of the stream is left on the broker.
     groups = await kafka.admin.list_consumer_groups()
     assert not [g for g in groups if str(g[0]).startswith(f"{stream}.")]
+
+
+async def test_declaring_a_stream_again_updates_its_topics(kafka: KafkaProvider) -> None:
+    stream, root = await stream_of(kafka, partitions=1)
+    topic = f"{root}._all"
+    cfg = pb.StreamConfig(
+        name=stream, subjects=[f"{root}.>"], partitions=3, max_age=to_duration(3600)
+    )
+    await kafka.ensure_stream(cfg)
+    assert len(await partitions_of(kafka.admin, [topic])) == 3
+    (described,) = await kafka.admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, topic, {"retention.ms": None})]
+    )
+    values = {entry[0]: entry[1] for entry in described.resources[0][4]}
+    assert values["retention.ms"] == "3600000"
+    cfg.partitions = 2
+    with pytest.raises(ConflictError, match="cannot remove partitions"):
+        await kafka.ensure_stream(cfg)
+
+
+async def test_max_ack_pending_bounds_what_one_member_holds(kafka: KafkaProvider) -> None:
+    stream, root = await stream_of(kafka)
+    name = "bounded"
+    await kafka.ensure_consumer(
+        pb.ConsumerConfig(
+            name=name,
+            stream_name=stream,
+            deliver_policy=pb.DELIVER_POLICY_ALL,
+            max_ack_pending=3,
+        )
+    )
+    await kafka.publish_many([OutboundMessage(f"{root}.a", b"x") for _ in range(10)])
+    held = await take(kafka, stream, name, 3)
+    assert len(held) == 3
+    assert await kafka.fetch(stream, name, 10, 1.0) == []  # three unacked: no more
+    await kafka.settle([held[0].ack_token], AckAction.ACK)
+    (one,) = await kafka.fetch(stream, name, 10, 5.0)
+    assert one.sequence == held[-1].sequence + 1

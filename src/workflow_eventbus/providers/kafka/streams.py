@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
 from ..._proto import eventbus_pb2 as pb
@@ -146,7 +147,43 @@ async def ensure_stream(
             if t.topic not in existing
         ],
     )
+    kept = [t.topic for t in record.topics if t.topic in existing]
+    if kept:
+        await _update(admin, cfg, kept, configs)
     await registry.put_stream(record)
+
+
+async def _update(
+    admin: AIOKafkaAdminClient, cfg: pb.StreamConfig, topics: list[str], configs: dict[str, str]
+) -> None:
+    """Bring existing topics to the stream's settings: the configs the bus writes (as a
+    whole: other dynamic settings of these topics are reset) and more partitions."""
+    if cfg.partitions:
+        have: dict[str, int] = {}
+        for tp in await partitions_of(admin, topics):
+            have[tp.topic] = have.get(tp.topic, 0) + 1
+        grow = {}
+        for topic, count in sorted(have.items()):
+            if cfg.partitions < count:
+                raise ConflictError(
+                    f'{STREAM} "{cfg.name}": partitions is {count} on the broker (topic '
+                    f'"{topic}"), config says {cfg.partitions}; Kafka cannot remove partitions: '
+                    "keep the count or use a new stream name"
+                )
+            if cfg.partitions > count:
+                grow[topic] = NewPartitions(cfg.partitions)
+        if grow:
+            await admin.create_partitions(grow)
+    responses = await admin.alter_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, topic, configs) for topic in topics]
+    )
+    for response in responses:
+        for code, message, _kind, name in response.resources:
+            if code:
+                raise ProviderError(
+                    f'{STREAM} "{cfg.name}": updating topic "{name}" failed (error {code}): '
+                    f"{message}; check max_age, max_bytes and max_msg_size"
+                )
 
 
 def topics_for_filter(record: StreamRecord, filter_subject: str) -> list[TopicOf]:
