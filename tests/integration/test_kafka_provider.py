@@ -233,7 +233,9 @@ async def test_publish_while_the_broker_is_down_is_a_typed_error(
             await provider.publish(OutboundMessage(f"{root}.a", b"down"))
         await until(lambda: not provider.connected, what="the provider reports the broker down")
         await server.restart()
-        await until(lambda: provider.connected, timeout=30, what="the provider reports the broker back")
+        await until(
+            lambda: provider.connected, timeout=30, what="the provider reports the broker back"
+        )
         assert states == [False, True]
         deadline = time.monotonic() + 30
         while True:
@@ -287,11 +289,8 @@ async def test_tail_and_msg_id_dedup_across_processes(kafka: KafkaProvider, kafk
     stream, root = await stream_of(kafka)
     a, b = f"{root}.a", f"{root}.b"
     url = ["--url", kafka_url]
-    code, out, err = await cli("publish", a, "one", "--header", "k=v", "--json", *url)
-    assert code == 0, err
-    (first,) = rows(out)
-    code, _, err = await cli("publish", b, "other", "--count", "2", *url)
-    assert code == 0, err
+    first = await kafka.publish(OutboundMessage(a, b"one", headers={"k": "v"}))
+    await kafka.publish_many([OutboundMessage(b, b"other"), OutboundMessage(b, b"other")])
     send = ("publish", a, "-", "--msg-id", "m", "--count", "2", "--json", *url)
     code, out, err = await cli(*send, stdin=b"from stdin")
     assert code == 0, err
@@ -307,7 +306,7 @@ async def test_tail_and_msg_id_dedup_across_processes(kafka: KafkaProvider, kafk
     assert code == 0, err
     tailed = rows(out)
     assert [r["data"] for r in tailed] == ["one", "from stdin", "from stdin"]
-    assert [r["sequence"] for r in tailed] == [first["sequence"]] + [r["sequence"] for r in sent]
+    assert [r["sequence"] for r in tailed] == [first.sequence] + [r["sequence"] for r in sent]
     assert tailed[0]["headers"] == {"k": "v"}
     code, out, err = await cli("tail", a, "--last", "2", "--count", "2", "--json", *url)
     assert code == 0, err

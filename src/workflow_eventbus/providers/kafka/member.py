@@ -42,6 +42,8 @@ from .topics import Token, encode_sequence, group_id
 REVOKE_WAIT = 10.0  # s a revoked partition waits for its running deliveries
 POLL_SLICE = 0.25  # s one read from Kafka waits at most (then leases are looked at again)
 COMMIT_RETRY = 0.5  # s between commits that failed
+COUNT_TRIES = 5  # reads of the delivery counts after an assignment
+COUNT_RETRY = 0.2  # s between them
 
 Record = Any  # aiokafka's ConsumerRecord (untyped)
 
@@ -96,6 +98,7 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
         self._ready: deque[Record] = deque()  # read, matching, not delivered yet
         self._leases: dict[tuple[str, int, int], _Lease] = {}
         self._counts: dict[TopicPartition, dict[int, int]] = {}  # from the last commit
+        self._counted: set[TopicPartition] = set()  # whose counts were read since assigned
         self._recount: set[TopicPartition] = set()  # delivery counts changed since
         self._changed = asyncio.Event()  # a settle happened: fetch looks again
         self._dirty = asyncio.Event()  # a commit point moved
@@ -162,6 +165,9 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
                     f"kafka consumer {self.cfg.stream}/{self.cfg.consumer}: read failed: {exc}"
                 ) from exc
         assigned = self._consumer.assignment()
+        unread = [tp for tp in batches if tp in assigned and tp not in self._counted]
+        if unread:
+            await self._load_counts(unread)
         for tp, records in batches.items():
             if tp not in assigned:
                 continue
@@ -208,7 +214,7 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
             self._leases[(record.topic, record.partition, record.offset)] = lease
             out.append(self._delivery(lease))
             self._recount.add(tp)
-        if out:
+        if out and self._group is not None:
             self._committed.clear()
             self._dirty.set()
         return out
@@ -260,7 +266,7 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def _finish(self, key: tuple[str, int, int]) -> None:
         acks = self._parts.get(TopicPartition(key[0], key[1]))
-        if acks is not None and acks.finish(key[2]):
+        if acks is not None and acks.finish(key[2]) and self._group is not None:
             self._committed.clear()
             self._dirty.set()
 
@@ -356,6 +362,7 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
         for tp in gone:
             self._parts.pop(tp, None)
             self._counts.pop(tp, None)
+        self._counted.difference_update(gone)
         self._recount.difference_update(gone)
         self.revoking = set()
         self._changed.set()
@@ -363,15 +370,33 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         for tp in assigned:
             self._parts.setdefault(tp, PartitionAcks())
-        if not assigned:
+        # Read again before the first record of each is taken (``_read``): the last
+        # owner may have committed since. (aiokafka may fetch before this returns.)
+        self._counted.difference_update(assigned)
+
+    async def _load_counts(self, tps: list[TopicPartition]) -> None:
+        """The delivery counts of ``tps`` from the group's last commit (retried while the
+        coordinator settles after a rebalance; given up after COUNT_TRIES)."""
+        if self._group is None:
+            self._counted.update(tps)
             return
-        try:
-            committed = await self._admin.list_consumer_group_offsets(
-                self._group, partitions=list(assigned)
-            )
-        except KafkaError as exc:
-            self.log.warning("kafka: delivery counts of %s not read: %s", self._group, exc)
-            return
-        for tp, found in committed.items():
-            if found.metadata:
-                self._counts[tp] = decode_counts(found.metadata)
+        for attempt in range(COUNT_TRIES):
+            try:
+                committed = await self._admin.list_consumer_group_offsets(
+                    self._group, partitions=list(tps)
+                )
+                break
+            except KafkaError as exc:
+                if attempt == COUNT_TRIES - 1:
+                    self.log.warning(
+                        "kafka: delivery counts of %s not read (they restart at 1): %s",
+                        self._group,
+                        exc,
+                    )
+                    self._counted.update(tps)
+                    return
+                await asyncio.sleep(COUNT_RETRY)
+        for tp in tps:
+            found = committed.get(tp)
+            self._counts[tp] = decode_counts(found.metadata) if found and found.metadata else {}
+        self._counted.update(tps)

@@ -8,6 +8,8 @@ consumer's group gets its first committed offsets from the deliver policy.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -28,6 +30,8 @@ from .registry import Registry, StreamRecord, TopicOf, plan_stream
 from .topics import MAX_PARTITIONS, decode_sequence, group_id
 
 TOPIC_EXISTS = 36  # Kafka's TOPIC_ALREADY_EXISTS error code
+LEADER_WAIT = 10.0  # s a new topic may take to elect its partition leaders
+LEADER_POLL = 0.05  # s between looks
 IMMUTABLE = ("deliver_policy", "opt_start_seq", "opt_start_time")
 
 
@@ -43,6 +47,8 @@ async def _replication(admin: AIOKafkaAdminClient, wanted: int) -> int:
 
 
 async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> None:
+    """Create ``topics`` (existing ones are fine) and wait until each partition has a leader,
+    so the first read or write does not meet NOT_LEADER errors."""
     if not topics:
         return
     response = await admin.create_topics(topics)
@@ -54,6 +60,22 @@ async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> None:
                 f'kafka: creating topic "{name}" failed (error {code}): {message}; check the '
                 "stream's settings against the cluster (replication at most the brokers)"
             )
+    names = sorted(t.name for t in topics)
+    deadline = time.monotonic() + LEADER_WAIT
+    while time.monotonic() < deadline:
+        if await _led(admin, names):
+            return
+        await asyncio.sleep(LEADER_POLL)
+
+
+async def _led(admin: AIOKafkaAdminClient, names: list[str]) -> bool:
+    found = await admin.describe_topics(names)
+    return len(found) == len(names) and all(
+        not entry.get("error_code")
+        and entry.get("partitions")
+        and all(p.get("leader", -1) >= 0 for p in entry["partitions"])
+        for entry in found
+    )
 
 
 async def create_registry_topic(admin: AIOKafkaAdminClient, cluster: pb.ClusterConfig) -> None:
