@@ -122,11 +122,14 @@ async def test_nats_without_url_is_degraded_with_a_helpful_error():
         b.provider()
 
 
-async def test_kafka_declares_but_cannot_start():
+async def test_kinesis_declares_but_cannot_start():
     b = EventBus(environ={}, test_doubles=True)
-    m = b.create_module("eventbus.broker", "k", {"provider": "kafka", "deploy_target": "aws.msk"})
-    with pytest.raises(ConfigError, match="IaC declarations only"):
+    m = b.create_module(
+        "eventbus.broker", "k", {"provider": "kinesis", "deploy_target": "aws.kinesis"}
+    )
+    with pytest.raises(ConfigError, match="IaC declarations only") as err:
         await m.start()
+    assert "nats or pgchannel or kafka" in str(err.value)  # the providers that run
 
 
 async def test_publish_config_wins_over_input(bus):

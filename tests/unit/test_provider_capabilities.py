@@ -95,7 +95,7 @@ class _Bare(Provider):
 
 async def test_a_missing_capability_names_provider_capability_and_who_has_it() -> None:
     bare = _Bare(pb.ClusterConfig(), "", broker_name="orders")
-    assert providers_with(HasDeadLetters) == ["nats", "pgchannel"]  # not the test double
+    assert providers_with(HasDeadLetters) == ["nats", "pgchannel", "kafka"]  # not the double
     for require, feature in (
         (require_dead_letters, "dead_letters"),
         (require_pending, "pending"),

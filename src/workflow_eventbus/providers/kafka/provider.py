@@ -46,6 +46,7 @@ from ..base import (
     batch_size,
 )
 from . import streams as s
+from .admin import KafkaAdmin
 from .dead_letters import KafkaDeadLetters
 from .ephemeral import KafkaEphemeral
 from .member import Member, MemberConfig
@@ -59,7 +60,7 @@ from .topics import parse_token
 HEALTH_INTERVAL = 2.0  # s between connection checks
 
 
-class KafkaProvider(Provider, HasPending, HasDeadLetters, KafkaStatus, KafkaEphemeral):
+class KafkaProvider(Provider, HasPending, HasDeadLetters, KafkaStatus, KafkaEphemeral, KafkaAdmin):
     name = "kafka"
     features = frozenset(
         {
@@ -71,6 +72,7 @@ class KafkaProvider(Provider, HasPending, HasDeadLetters, KafkaStatus, KafkaEphe
             Feature.PENDING,
             Feature.STATUS,
             Feature.EPHEMERAL_CONSUMERS,
+            Feature.ADMIN,
         }
     )
 

@@ -69,6 +69,11 @@ class Publisher:
         self._routes[subject] = found
         return found
 
+    def forget(self, stream: str) -> None:
+        """The stream was deleted: drop its routes and remembered msg ids."""
+        self._routes = {k: v for k, v in self._routes.items() if v[0].cfg.name != stream}
+        self._dedup.pop(stream, None)
+
     def _match(self, subject: str) -> tuple[StreamRecord, TopicOf] | None:
         for record in self._registry.streams():
             for topic in record.topics:
