@@ -352,3 +352,23 @@ async def test_max_ack_pending_bounds_what_one_member_holds(kafka: KafkaProvider
     await kafka.settle([held[0].ack_token], AckAction.ACK)
     (one,) = await kafka.fetch(stream, name, 10, 5.0)
     assert one.sequence == held[-1].sequence + 1
+
+
+async def test_a_naks_delay_and_count_survive_a_change_of_reader(
+    kafka: KafkaProvider, kafka_url: str
+) -> None:
+    stream, root = await stream_of(kafka)
+    durable = await consumer_of(kafka, stream)
+    await kafka.publish(OutboundMessage(f"{root}.a", b"retry me"))
+    first = make(kafka_url)
+    await first.connect(20.0)
+    (got,) = await take(first, stream, durable, 1)
+    naked_at = time.monotonic()
+    await first.settle([got.ack_token], AckAction.NAK, delay=4.0)
+    await first.confirm()
+    await first.close()
+    assert await kafka.fetch(stream, durable, 1, 1.0) == []  # the new reader waits too
+    (again,) = await take(kafka, stream, durable, 1)
+    assert time.monotonic() - naked_at >= 3.5
+    assert (again.sequence, again.delivery_count) == (got.sequence, 2)
+    await kafka.settle([again.ack_token], AckAction.ACK)

@@ -66,10 +66,21 @@ def test_commit_point_is_the_oldest_unfinished(finished: list[bool], rnd: object
 def test_delivery_counts_round_trip_bounded_and_tolerant() -> None:
     from workflow_eventbus.providers.kafka.acks import MAX_COUNTS, decode_counts, encode_counts
 
-    counts = {offset: offset % 7 + 1 for offset in range(MAX_COUNTS + 50)}
+    counts = {offset: (offset % 7 + 1, 0) for offset in range(MAX_COUNTS + 50)}
     text = encode_counts(counts)
     back = decode_counts(text)
     assert back == {o: c for o, c in counts.items() if o < MAX_COUNTS}  # the oldest are kept
     assert len(text) < 4096  # Kafka's default offset.metadata.max.bytes
     assert decode_counts("") == {} and decode_counts("written by another tool") == {}
-    assert decode_counts("5:2,x:1,7:") == {5: 2}
+    assert decode_counts("5:2,x:1,7:,8:1:1796000000000") == {5: (2, 0), 8: (1, 1796000000000)}
+
+
+def test_delivery_marks_with_due_times_stay_under_the_metadata_limit() -> None:
+    from workflow_eventbus.providers.kafka.acks import decode_counts, encode_counts
+
+    big = {10**11 + o: (3, 1_796_000_000_000 + o) for o in range(300)}
+    text = encode_counts(big)
+    assert len(text) <= 4000
+    kept = decode_counts(text)
+    assert kept and all(big[o] == mark for o, mark in kept.items())
+    assert sorted(kept) == sorted(big)[: len(kept)]  # the oldest first

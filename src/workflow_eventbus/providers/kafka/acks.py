@@ -68,22 +68,34 @@ class PartitionAcks:
 
 # The delivery counts of a partition's unfinished records travel in the commit's
 # metadata string (the broker keeps up to offset.metadata.max.bytes, 4096 by
-# default): "<offset>:<count>,..." for the oldest MAX_COUNTS records delivered at
-# least once. A new owner of the partition (after a crash or a rebalance) goes on
-# counting from there, so max_deliver holds across processes.
+# default): "<offset>:<count>[:<due>],..." for the oldest records delivered at least
+# once, <due> the wall-clock millisecond a nak'd record is due again. A new owner of
+# the partition (after a crash or a rebalance) goes on counting from there and keeps
+# the nak's delay, so max_deliver and the backoff hold across processes.
 MAX_COUNTS = 200
+MAX_METADATA = 4000  # characters, under Kafka's default limit of 4096 bytes
+
+Mark = tuple[int, int]  # (delivery count, due wall-clock ms or 0)
 
 
-def encode_counts(counts: dict[int, int]) -> str:
-    kept = sorted(counts.items())[:MAX_COUNTS]
-    return ",".join(f"{offset}:{count}" for offset, count in kept)
+def encode_counts(counts: dict[int, Mark]) -> str:
+    parts: list[str] = []
+    size = 0
+    for offset, (count, due) in sorted(counts.items())[:MAX_COUNTS]:
+        part = f"{offset}:{count}:{due}" if due else f"{offset}:{count}"
+        size += len(part) + 1
+        if size > MAX_METADATA:
+            break
+        parts.append(part)
+    return ",".join(parts)
 
 
-def decode_counts(text: str) -> dict[int, int]:
-    """The counts of :func:`encode_counts`; what is not ours (other tools' metadata) is ignored."""
-    counts: dict[int, int] = {}
+def decode_counts(text: str) -> dict[int, Mark]:
+    """The marks of :func:`encode_counts`; what is not ours (other tools' metadata) is ignored."""
+    counts: dict[int, Mark] = {}
     for item in text.split(","):
-        offset, sep, count = item.partition(":")
-        if sep and offset.isdigit() and count.isdigit():
-            counts[int(offset)] = int(count)
+        fields = item.split(":")
+        if 2 <= len(fields) <= 3 and all(f.isdigit() for f in fields):
+            due = int(fields[2]) if len(fields) == 3 else 0
+            counts[int(fields[0])] = (int(fields[1]), due)
     return counts

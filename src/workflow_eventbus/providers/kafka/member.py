@@ -36,7 +36,7 @@ from ...core.errors import BrokerUnavailableError
 from ...core.lifecycle import cancel_and_wait
 from ...core.subjects import filter_matches
 from ..base import AckAction, Delivery
-from .acks import PartitionAcks, decode_counts, encode_counts
+from .acks import Mark, PartitionAcks, decode_counts, encode_counts
 from .topics import Token, encode_sequence, group_id
 
 REVOKE_WAIT = 10.0  # s a revoked partition waits for its running deliveries
@@ -97,7 +97,7 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
         self._parts: dict[TopicPartition, PartitionAcks] = {}
         self._ready: deque[Record] = deque()  # read, matching, not delivered yet
         self._leases: dict[tuple[str, int, int], _Lease] = {}
-        self._counts: dict[TopicPartition, dict[int, int]] = {}  # from the last commit
+        self._counts: dict[TopicPartition, dict[int, Mark]] = {}  # from the last commit
         self._counted: set[TopicPartition] = set()  # whose counts were read since assigned
         self._recount: set[TopicPartition] = set()  # delivery counts changed since
         self._changed = asyncio.Event()  # a settle happened: fetch looks again
@@ -209,7 +209,12 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
             # A count from the commit: an earlier owner delivered it already. Past
             # max_deliver it is still handed out once, so the subscriber dead-letters
             # it rather than it vanishing unsettled.
-            before = self._counts.get(tp, {}).pop(record.offset, 0)
+            before, due = self._counts.get(tp, {}).pop(record.offset, (0, 0))
+            wait = due / 1000 - time.time()
+            if before and wait > 0:  # nak'd by the last owner, not due yet: wait here
+                lease = _Lease(record, before, now + wait, False)
+                self._leases[(record.topic, record.partition, record.offset)] = lease
+                continue
             lease = _Lease(record, before + 1, now + self.cfg.ack_wait, True)
             self._leases[(record.topic, record.partition, record.offset)] = lease
             out.append(self._delivery(lease))
@@ -259,6 +264,10 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
         elif action == AckAction.NAK:
             lease.deadline = now + max(delay or 0.0, 0.0)
             lease.running = False
+            if delay and self._group is not None:  # the due time goes with the next commit
+                self._recount.add(TopicPartition(token.topic, token.partition))
+                self._committed.clear()
+                self._dirty.set()
         else:
             lease.deadline = now + self.cfg.ack_wait
         self._changed.set()
@@ -301,9 +310,12 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def _counts_of(self, tp: TopicPartition, point: int) -> str:
         counts = {o: c for o, c in self._counts.get(tp, {}).items() if o >= point}
+        mono, wall = time.monotonic(), time.time()
         for (topic, partition, offset), lease in self._leases.items():
             if (topic, partition) == tp and offset >= point:
-                counts[offset] = lease.count
+                waiting = not lease.running and lease.deadline > mono
+                due = int((wall + lease.deadline - mono) * 1000) if waiting else 0
+                counts[offset] = (lease.count, due)
         return encode_counts(counts)
 
     async def _commit_now(self, only: set[TopicPartition] | None = None) -> None:
