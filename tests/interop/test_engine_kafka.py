@@ -18,16 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from engine_harness import APPS, EngineServer, free_port, processes_in, wait_for
 from fixtures_kafka import KafkaFactory
 
 from workflow_eventbus.devservers.kafka import KafkaServer
+from workflow_eventbus.providers.kafka.topics import group_id
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
 
 MakeEngine = Callable[..., EngineServer]
 TOPIC = "orders._all"  # the topic of the stream subject "orders.>"
+PARTITION = TopicPartition(TOPIC, 0)
 EVENTS = 30
 
 
@@ -69,6 +72,17 @@ class TopicReader:
         got = await self.consumer.getmany(timeout_ms=200)
         self.records += [r for batch in got.values() for r in batch]
         return [r for r in self.records if r.key == subject.encode()]
+
+
+async def committed(server: KafkaServer, group: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=server.bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group, partitions=[PARTITION])
+    finally:
+        await admin.close()
+    found = offsets.get(PARTITION)
+    return found.offset if found is not None else -1
 
 
 async def test_http_events_yield_one_derived_kafka_event_each(
@@ -113,6 +127,17 @@ async def test_http_events_yield_one_derived_kafka_event_each(
         )
         created = await reader.by_subject("orders.created")
         derived = await reader.by_subject("orders.derived")
+        end = (await reader.consumer.end_offsets([PARTITION]))[PARTITION]
+
+        async def settled() -> bool:  # every record finished: the group committed the end
+            return await committed(server, group_id("ORDERS", "order-deriver")) >= end
+
+        await wait_for(
+            settled,
+            timeout=30,
+            what="the deriver's group to commit every record",
+            check=engine.check_running,
+        )
     finally:
         await reader.consumer.stop()
 
