@@ -63,24 +63,39 @@ def test_commit_point_is_the_oldest_unfinished(finished: list[bool], rnd: object
     assert acks.commit_point() == (unfinished[0] if unfinished else len(finished))
 
 
-def test_delivery_counts_round_trip_bounded_and_tolerant() -> None:
-    from workflow_eventbus.providers.kafka.acks import MAX_COUNTS, decode_counts, encode_counts
+def test_resume_round_trips_bounded_and_tolerant() -> None:
+    from workflow_eventbus.providers.kafka.acks import MAX_COUNTS, decode_resume, encode_resume
 
-    counts = {offset: (offset % 7 + 1, 0) for offset in range(MAX_COUNTS + 50)}
-    text = encode_counts(counts)
-    back = decode_counts(text)
-    assert back == {o: c for o, c in counts.items() if o < MAX_COUNTS}  # the oldest are kept
+    marks = {offset: (offset % 7 + 1, 0) for offset in range(MAX_COUNTS + 50)}
+    text = encode_resume(marks, [(400, 410)])
+    back = decode_resume(text)
+    assert back.marks == {o: c for o, c in marks.items() if o < MAX_COUNTS}  # the oldest
+    assert back.finished == [(400, 410)] and back.is_finished(409) and not back.is_finished(410)
     assert len(text) < 4096  # Kafka's default offset.metadata.max.bytes
-    assert decode_counts("") == {} and decode_counts("written by another tool") == {}
-    assert decode_counts("5:2,x:1,7:,8:1:1796000000000") == {5: (2, 0), 8: (1, 1796000000000)}
+    assert decode_resume("").marks == {} and decode_resume("another tool's text").finished == []
+    parsed = decode_resume("5:2,x:1,7:,8:1:1796000000000,9-12,a-b")
+    assert parsed.marks == {5: (2, 0), 8: (1, 1796000000000)} and parsed.finished == [(9, 12)]
 
 
-def test_delivery_marks_with_due_times_stay_under_the_metadata_limit() -> None:
-    from workflow_eventbus.providers.kafka.acks import decode_counts, encode_counts
+def test_resume_with_due_times_stays_under_the_metadata_limit() -> None:
+    from workflow_eventbus.providers.kafka.acks import decode_resume, encode_resume
 
     big = {10**11 + o: (3, 1_796_000_000_000 + o) for o in range(300)}
-    text = encode_counts(big)
+    text = encode_resume(big, [(10**12, 10**12 + 5)])
     assert len(text) <= 4000
-    kept = decode_counts(text)
+    kept = decode_resume(text).marks
     assert kept and all(big[o] == mark for o, mark in kept.items())
     assert sorted(kept) == sorted(big)[: len(kept)]  # the oldest first
+
+
+def test_finished_runs_after_the_oldest_open_offset() -> None:
+    acks = PartitionAcks()
+    for offset in range(10):
+        acks.take(offset)
+    for offset in (0, 1, 3, 4, 5, 8, 9):
+        acks.finish(offset)
+    assert acks.commit_point() == 2
+    assert acks.finished_runs() == [(3, 6), (8, 10)]  # 2, 6 and 7 are still open
+    for offset in (2, 6, 7):
+        acks.finish(offset)
+    assert acks.finished_runs() == []  # all committed by the next commit

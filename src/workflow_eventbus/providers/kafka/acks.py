@@ -12,6 +12,7 @@ price of at-least-once on a log).
 from __future__ import annotations
 
 import heapq
+from dataclasses import dataclass, field
 
 
 class PartitionAcks:
@@ -57,6 +58,19 @@ class PartitionAcks:
             return self._heap[0]
         return self.next_offset
 
+    def finished_runs(self) -> list[tuple[int, int]]:
+        """The runs ``[start, end)`` of offsets taken and finished after the commit point."""
+        point = self.commit_point()
+        runs = []
+        start = point
+        for offset in sorted(self._open):
+            if offset > start:
+                runs.append((start, offset))
+            start = offset + 1
+        if self.next_offset > start:
+            runs.append((start, self.next_offset))
+        return runs
+
     def pending_commit(self) -> int | None:
         """The commit point when it moved past the last commit, else None."""
         point = self.commit_point()
@@ -66,36 +80,55 @@ class PartitionAcks:
         self.committed = max(self.committed, offset)
 
 
-# The delivery counts of a partition's unfinished records travel in the commit's
-# metadata string (the broker keeps up to offset.metadata.max.bytes, 4096 by
-# default): "<offset>:<count>[:<due>],..." for the oldest records delivered at least
-# once, <due> the wall-clock millisecond a nak'd record is due again. A new owner of
-# the partition (after a crash or a rebalance) goes on counting from there and keeps
-# the nak's delay, so max_deliver and the backoff hold across processes.
+# What a partition's next owner needs beyond the committed offset travels in the
+# commit's metadata string (the broker keeps up to offset.metadata.max.bytes, 4096
+# bytes by default): "<offset>:<count>[:<due>]" for the oldest unfinished records
+# delivered at least once (<due>: the wall-clock millisecond a nak'd record is due
+# again), then "<start>-<end>" for runs of records finished after the oldest
+# unfinished one. A new owner (after a crash or a rebalance) goes on counting, keeps
+# the nak's delay and skips what was acked, so max_deliver, the backoff and "an acked
+# message is not delivered again" hold across processes, within that size.
 MAX_COUNTS = 200
 MAX_METADATA = 4000  # characters, under Kafka's default limit of 4096 bytes
 
 Mark = tuple[int, int]  # (delivery count, due wall-clock ms or 0)
 
 
-def encode_counts(counts: dict[int, Mark]) -> str:
-    parts: list[str] = []
+@dataclass(slots=True)
+class Resume:
+    """What the metadata of a commit tells the partition's next owner."""
+
+    marks: dict[int, Mark] = field(default_factory=dict)
+    finished: list[tuple[int, int]] = field(default_factory=list)  # runs [start, end)
+
+    def is_finished(self, offset: int) -> bool:
+        return any(start <= offset < end for start, end in self.finished)
+
+
+def encode_resume(marks: dict[int, Mark], finished: list[tuple[int, int]]) -> str:
+    parts = [f"{o}:{c}:{d}" if d else f"{o}:{c}" for o, (c, d) in sorted(marks.items())]
+    parts = parts[:MAX_COUNTS] + [f"{a}-{b}" for a, b in sorted(finished)]
+    kept: list[str] = []
     size = 0
-    for offset, (count, due) in sorted(counts.items())[:MAX_COUNTS]:
-        part = f"{offset}:{count}:{due}" if due else f"{offset}:{count}"
+    for part in parts:
         size += len(part) + 1
         if size > MAX_METADATA:
             break
-        parts.append(part)
-    return ",".join(parts)
+        kept.append(part)
+    return ",".join(kept)
 
 
-def decode_counts(text: str) -> dict[int, Mark]:
-    """The marks of :func:`encode_counts`; what is not ours (other tools' metadata) is ignored."""
-    counts: dict[int, Mark] = {}
+def decode_resume(text: str) -> Resume:
+    """The contents of :func:`encode_resume`; what is not ours (other tools' metadata) is
+    ignored."""
+    resume = Resume()
     for item in text.split(","):
+        start, dash, end = item.partition("-")
+        if dash and start.isdigit() and end.isdigit():
+            resume.finished.append((int(start), int(end)))
+            continue
         fields = item.split(":")
         if 2 <= len(fields) <= 3 and all(f.isdigit() for f in fields):
             due = int(fields[2]) if len(fields) == 3 else 0
-            counts[int(fields[0])] = (int(fields[1]), due)
-    return counts
+            resume.marks[int(fields[0])] = (int(fields[1]), due)
+    return resume

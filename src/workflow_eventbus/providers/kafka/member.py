@@ -36,7 +36,7 @@ from ...core.errors import BrokerUnavailableError
 from ...core.lifecycle import cancel_and_wait
 from ...core.subjects import filter_matches
 from ..base import AckAction, Delivery
-from .acks import Mark, PartitionAcks, decode_counts, encode_counts
+from .acks import PartitionAcks, Resume, decode_resume, encode_resume
 from .topics import Token, encode_sequence, group_id
 
 REVOKE_WAIT = 10.0  # s a revoked partition waits for its running deliveries
@@ -97,7 +97,7 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
         self._parts: dict[TopicPartition, PartitionAcks] = {}
         self._ready: deque[Record] = deque()  # read, matching, not delivered yet
         self._leases: dict[tuple[str, int, int], _Lease] = {}
-        self._counts: dict[TopicPartition, dict[int, Mark]] = {}  # from the last commit
+        self._counts: dict[TopicPartition, Resume] = {}  # from the last commit
         self._counted: set[TopicPartition] = set()  # whose counts were read since assigned
         self._recount: set[TopicPartition] = set()  # delivery counts changed since
         self._changed = asyncio.Event()  # a settle happened: fetch looks again
@@ -177,7 +177,11 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
                     continue  # already ours
                 acks.take(record.offset)
                 subject = record.key.decode() if record.key else ""
-                if filter_matches(self.cfg.filter_subject, subject):
+                resume = self._counts.get(tp)
+                if resume is not None and resume.is_finished(record.offset):
+                    acks.finish(record.offset)  # acked before the last owner's commit
+                    self._dirty.set()
+                elif filter_matches(self.cfg.filter_subject, subject):
                     self._ready.append(record)
                 else:
                     acks.finish(record.offset)
@@ -209,7 +213,8 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
             # A count from the commit: an earlier owner delivered it already. Past
             # max_deliver it is still handed out once, so the subscriber dead-letters
             # it rather than it vanishing unsettled.
-            before, due = self._counts.get(tp, {}).pop(record.offset, (0, 0))
+            resume = self._counts.get(tp)
+            before, due = resume.marks.pop(record.offset, (0, 0)) if resume else (0, 0)
             wait = due / 1000 - time.time()
             if before and wait > 0:  # nak'd by the last owner, not due yet: wait here
                 lease = _Lease(record, before, now + wait, False)
@@ -276,6 +281,7 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
     def _finish(self, key: tuple[str, int, int]) -> None:
         acks = self._parts.get(TopicPartition(key[0], key[1]))
         if acks is not None and acks.finish(key[2]) and self._group is not None:
+            self._recount.add(TopicPartition(key[0], key[1]))  # its run goes on record
             self._committed.clear()
             self._dirty.set()
 
@@ -309,14 +315,20 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
                 await asyncio.sleep(COMMIT_RETRY)
 
     def _counts_of(self, tp: TopicPartition, point: int) -> str:
-        counts = {o: c for o, c in self._counts.get(tp, {}).items() if o >= point}
+        resume = self._counts.get(tp, Resume())
+        counts = {o: c for o, c in resume.marks.items() if o >= point}
         mono, wall = time.monotonic(), time.time()
         for (topic, partition, offset), lease in self._leases.items():
             if (topic, partition) == tp and offset >= point:
                 waiting = not lease.running and lease.deadline > mono
                 due = int((wall + lease.deadline - mono) * 1000) if waiting else 0
                 counts[offset] = (lease.count, due)
-        return encode_counts(counts)
+        acks = self._parts.get(tp)
+        finished = acks.finished_runs() if acks is not None else []
+        ahead = acks.next_offset if acks is not None else point
+        # Runs the last owner finished that this one has not read yet stay on record.
+        finished += [(max(a, ahead), b) for a, b in resume.finished if b > ahead]
+        return encode_resume(counts, finished)
 
     async def _commit_now(self, only: set[TopicPartition] | None = None) -> None:
         if self._group is None:  # an ephemeral reader keeps no position on the broker
@@ -410,5 +422,5 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
                 await asyncio.sleep(COUNT_RETRY)
         for tp in tps:
             found = committed.get(tp)
-            self._counts[tp] = decode_counts(found.metadata) if found and found.metadata else {}
+            self._counts[tp] = decode_resume(found.metadata if found else "")
         self._counted.update(tps)
