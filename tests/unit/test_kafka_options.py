@@ -157,3 +157,16 @@ def test_tokens_round_trip_and_garbage_is_a_request_error() -> None:
     for bad in ("not-a-token", "k1|S|c|t|x|1|1", "k1||c|t|0|1|1"):
         with pytest.raises(RequestError):
             parse_token(bad)
+
+
+def test_url_sources_and_scheme() -> None:
+    from workflow_eventbus.providers import broker_url, provider_for_url, url_sources
+
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092"}
+    assert broker_url("bus", "kafka", env) == "k1:9092,k2:9092"
+    assert broker_url("bus", "kafka", {**env, "EVENTBUS_BUS_URI": "kafka://k3:9092"}) == (
+        "kafka://k3:9092"
+    )
+    assert url_sources("bus", "kafka") == "dsn, EVENTBUS_BUS_URI or KAFKA_BOOTSTRAP_SERVERS"
+    assert provider_for_url("kafka://k1:9092").name == "kafka"
+    assert parse_url(broker_url("bus", "kafka", env)).servers == ["k1:9092", "k2:9092"]
