@@ -40,6 +40,7 @@ from .acks import PartitionAcks, Resume, decode_resume, encode_resume
 from .topics import Token, encode_sequence, group_id
 
 REVOKE_WAIT = 10.0  # s a revoked partition waits for its running deliveries
+MAX_POLL_INTERVAL_MS = 24 * 3600 * 1000  # how long a member may go without reading
 POLL_SLICE = 0.25  # s one read from Kafka waits at most (then leases are looked at again)
 COMMIT_RETRY = 0.5  # s between commits that failed
 COUNT_TRIES = 5  # reads of the delivery counts after an assignment
@@ -91,6 +92,9 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
             rebalance_timeout_ms=int((REVOKE_WAIT + 20) * 1000),
+            # Leases, not reads, tell whether work goes on: a member whose handlers run
+            # long (or that holds max_ack_pending) does not read, and must stay a member.
+            max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
             fetch_max_wait_ms=int(POLL_SLICE * 1000),
             **options,
         )
