@@ -373,3 +373,27 @@ async def test_a_naks_delay_and_count_survive_a_change_of_reader(
     assert time.monotonic() - naked_at >= 3.5
     assert (again.sequence, again.delivery_count) == (got.sequence, 2)
     await kafka.settle([again.ack_token], AckAction.ACK)
+
+
+@pytest.mark.parametrize(
+    ("scram", "tls", "protocol"),
+    [(True, False, "SASL_PLAINTEXT"), (False, True, "SSL")],
+    ids=["scram-plaintext", "tls-only"],
+)
+async def test_scram_alone_and_tls_alone(
+    private_kafka: KafkaFactory, scram: bool, tls: bool, protocol: str
+) -> None:
+    server = await private_kafka(scram=("bob", "pw-4-bob") if scram else None, tls=tls)
+    auth = "bob:pw-4-bob@" if scram else ""
+    settings = {"tls": pb.TlsConfig(ca_file=str(server.ca_file))} if tls else {}
+    provider = make(f"kafka://{auth}{server.bootstrap}", **settings)
+    await provider.connect(30.0)
+    try:
+        assert provider._options["security_protocol"] == protocol
+        stream, root = await stream_of(provider)
+        durable = await consumer_of(provider, stream)
+        await provider.publish(OutboundMessage(f"{root}.a", protocol.encode()))
+        (got,) = await take(provider, stream, durable, 1)
+        assert got.payload == protocol.encode()
+    finally:
+        await provider.close()
