@@ -98,3 +98,42 @@ def struct(values: dict[str, Any]) -> struct_pb2.Struct:
     out = struct_pb2.Struct()
     out.update(values)
     return out
+
+
+async def declare(
+    host: PluginHost,
+    url: str,
+    stream: str,
+    consumer: dict[str, Any],
+    *,
+    provider: str = "nats",
+    stream_extra: dict[str, Any] | None = None,
+) -> None:
+    """Broker "bus" on ``url``, stream ``stream`` of ``<stream>.>`` and one consumer,
+    created, initialised and started in the plugin as the engine would."""
+    handles = [
+        await host.create_module(
+            "eventbus.broker",
+            "bus",
+            typed=pb.ClusterConfig(provider=provider, deploy_target="self_hosted", dsn=url),
+        ),
+        await host.create_module(
+            "eventbus.stream",
+            "s",
+            {
+                "name": stream,
+                "subjects": [f"{stream.lower()}.>"],
+                "broker_ref": "bus",
+                **(stream_extra or {}),
+            },
+        ),
+        await host.create_module(
+            "eventbus.consumer",
+            "c",
+            {"stream_name": stream, "broker_ref": "bus", **consumer},
+        ),
+    ]
+    for handle in handles:
+        await host.init_module(handle)
+    for handle in handles:
+        await host.start_module(handle)

@@ -155,3 +155,14 @@ async def publish_all(
                 continue
             tally.broker_acked.add(i)
             break
+
+
+def consumer_into(tally: Tally) -> Callable[[dict[str, Any]], Awaitable[None]]:
+    """A subscribe-trigger handler that notes each ``{"i": id}`` body as processed."""
+
+    async def handler(data: dict[str, Any]) -> None:
+        i = data["body"]["i"]
+        tally.note(i)
+        tally.processed.add(i)
+
+    return handler

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from fixtures_kafka import KafkaFactory
 from kafka_helpers import group_members
-from reliability_helpers import Tally, make_bus, publish_all, unique, until
+from plugin_process_helpers import declare
+from reliability_helpers import Tally, consumer_into, make_bus, publish_all, unique, until
 
-from workflow_eventbus._proto import eventbus_pb2 as pb
 from workflow_eventbus.devservers.host import PluginHost, TriggerCall
 from workflow_eventbus.devservers.kafka import KafkaServer
 from workflow_eventbus.engine.trigger import SubscribeTrigger
@@ -29,15 +29,6 @@ from workflow_eventbus.providers.kafka.topics import group_id
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
 
 N = 3000
-
-
-def consumer_into(tally: Tally) -> Any:
-    async def handler(data: dict[str, Any]) -> None:
-        i = data["body"]["i"]
-        tally.note(i)
-        tally.processed.add(i)
-
-    return handler
 
 
 async def run_with_fault(
@@ -133,35 +124,6 @@ MEMBER_N = 200
 ACK_WAIT = "60s"  # longer than the test: only the rebalance can bring a message back
 
 
-async def declare(host: PluginHost, url: str, stream: str) -> None:
-    handles = [
-        await host.create_module(
-            "eventbus.broker",
-            "bus",
-            typed=pb.ClusterConfig(provider="kafka", deploy_target="self_hosted", dsn=url),
-        ),
-        await host.create_module(
-            "eventbus.stream",
-            "s",
-            {
-                "name": stream,
-                "subjects": [f"{stream.lower()}.>"],
-                "broker_ref": "bus",
-                "partitions": 2,
-            },
-        ),
-        await host.create_module(
-            "eventbus.consumer",
-            "c",
-            {"stream_name": stream, "broker_ref": "bus", "name": "w", "ack_wait": ACK_WAIT},
-        ),
-    ]
-    for handle in handles:
-        await host.init_module(handle)
-    for handle in handles:
-        await host.start_module(handle)
-
-
 async def test_kill_9_group_member_mid_batch_the_other_member_redelivers(
     kafka_server: KafkaServer, record: Any
 ) -> None:
@@ -200,7 +162,14 @@ async def test_kill_9_group_member_mid_batch_the_other_member_redelivers(
             what="the survivor in the group",
         )
         await doomed.start()
-        await declare(doomed, kafka_server.url, stream)
+        await declare(
+            doomed,
+            kafka_server.url,
+            stream,
+            {"name": "w", "ack_wait": ACK_WAIT},
+            provider="kafka",
+            stream_extra={"partitions": 2},
+        )
         handle = await doomed.create_trigger(
             "trigger.eventbus.subscribe", "pipeline:chaos", {"consumer": "w", "max_in_flight": 4}
         )

@@ -13,7 +13,7 @@ from typing import Any
 import nats
 import pytest
 from cluster import NatsCluster
-from reliability_helpers import Tally, make_bus, publish_all, unique, until
+from reliability_helpers import Tally, consumer_into, make_bus, publish_all, unique, until
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
 from workflow_eventbus.core.errors import EventbusError
@@ -24,15 +24,6 @@ from workflow_eventbus.engine.trigger import SubscribeTrigger
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
 
 N = 3000
-
-
-def consumer_into(tally: Tally) -> Any:
-    async def handler(data: dict[str, Any]) -> None:
-        i = data["body"]["i"]
-        tally.note(i)
-        tally.processed.add(i)
-
-    return handler
 
 
 async def test_kill_9_single_server_during_publish_and_consume(

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import pytest
+from plugin_process_helpers import declare
 from reliability_helpers import Tally, publish_all, unique, until
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
@@ -23,30 +24,6 @@ from workflow_eventbus.engine.dlq import open_store
 from workflow_eventbus.providers.nats import NatsProvider
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
-
-
-async def declare(host: PluginHost, url: str, stream: str, consumer: dict[str, Any]) -> None:
-    handles = [
-        await host.create_module(
-            "eventbus.broker",
-            "bus",
-            typed=pb.ClusterConfig(provider="nats", deploy_target="self_hosted", dsn=url),
-        ),
-        await host.create_module(
-            "eventbus.stream",
-            "s",
-            {"name": stream, "subjects": [f"{stream.lower()}.>"], "broker_ref": "bus"},
-        ),
-        await host.create_module(
-            "eventbus.consumer",
-            "c",
-            {"stream_name": stream, "broker_ref": "bus", **consumer},
-        ),
-    ]
-    for handle in handles:
-        await host.init_module(handle)
-    for handle in handles:
-        await host.start_module(handle)
 
 
 async def start_trigger(host: PluginHost, config: dict[str, Any]) -> str:

@@ -17,10 +17,12 @@ after the engine stops.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import subprocess
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -283,3 +285,12 @@ async def start_replicas(
         if port:
             await server.wait_listening(port)
     return replicas
+
+
+def post_accepted(url: str, body: bytes) -> dict[str, str]:
+    """POST ``body``; the route must answer 202 with a JSON object, which is returned."""
+    request = urllib.request.Request(url, data=body, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 202, response.status
+        result: dict[str, str] = json.loads(response.read())
+        return result

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from engine_harness import (
     REPO,
     EngineServer,
     free_port,
+    post_accepted,
     processes_in,
     run_wfctl,
     wait_for,
@@ -54,14 +54,6 @@ async def js(bus_url: str) -> AsyncIterator[JetStreamContext]:
         yield nc.jetstream()
     finally:
         await nc.close()
-
-
-def _post(url: str, body: bytes) -> dict[str, str]:
-    request = urllib.request.Request(url, data=body, method="POST")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        assert response.status == 202, response.status
-        result: dict[str, str] = json.loads(response.read())
-        return result
 
 
 async def _drained(js: JetStreamContext, stream: str, consumer: str, last_seq: int) -> bool:
@@ -133,7 +125,7 @@ async def test_http_events_yield_exactly_one_derived_event_each(
 
     async def post(body: bytes) -> int:
         async with limit:
-            reply = await asyncio.to_thread(_post, url, body)
+            reply = await asyncio.to_thread(post_accepted, url, body)
         return int(reply["sequence"])
 
     sequences = await asyncio.gather(*(post(body) for body in payloads))
@@ -409,7 +401,7 @@ async def test_documented_enum_and_duration_forms_work_through_the_engine(
     # back after the delay, not at once (a bare nak) and not after the 90 s
     # ack wait (no settle at all, or in_progress).
     await js.publish("jobs.one", b"job-1")
-    reply = await asyncio.to_thread(_post, f"http://127.0.0.1:{port}/take", b"")
+    reply = await asyncio.to_thread(post_accepted, f"http://127.0.0.1:{port}/take", b"")
     answered = time.monotonic()
     assert reply == {"settled": "1"}, reply  # one token settled
     info = await js.consumer_info("JOBS", "worker")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,14 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from engine_harness import APPS, EngineServer, free_port, processes_in, wait_for
+from engine_harness import (
+    APPS,
+    EngineServer,
+    free_port,
+    post_accepted,
+    processes_in,
+    wait_for,
+)
 from fixtures_kafka import KafkaFactory
 
 from workflow_eventbus.devservers.kafka import KafkaServer
@@ -49,14 +55,6 @@ def kafka_app(folder: Path) -> Path:
         )
     )
     return config
-
-
-def _post(url: str, body: bytes) -> dict[str, str]:
-    request = urllib.request.Request(url, data=body, method="POST")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        assert response.status == 202, response.status
-        result: dict[str, str] = json.loads(response.read())
-        return result
 
 
 class TopicReader:
@@ -106,7 +104,7 @@ async def test_http_events_yield_one_derived_kafka_event_each(
 
     async def post(body: bytes) -> str:
         async with limit:
-            reply = await asyncio.to_thread(_post, f"http://127.0.0.1:{port}/orders", body)
+            reply = await asyncio.to_thread(post_accepted, f"http://127.0.0.1:{port}/orders", body)
         return reply["sequence"]
 
     sequences = await asyncio.gather(*(post(body) for body in payloads))
