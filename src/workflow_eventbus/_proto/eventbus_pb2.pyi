@@ -351,7 +351,7 @@ class KafkaConfig(_message.Message):
     DEFAULT_REPLICATION_FACTOR_FIELD_NUMBER: _builtins.int
     MIN_INSYNC_REPLICAS_FIELD_NUMBER: _builtins.int
     bootstrap_servers: _builtins.str
-    """host:port[,host:port]; used when the broker has no URL."""
+    """host:port[,host:port] of a declared cluster (IaC); the runtime connects to dsn, EVENTBUS_<NAME>_URI or KAFKA_BOOTSTRAP_SERVERS."""
     security_protocol: Global___KafkaSecurityProtocol.ValueType
     """Default: SASL_PLAINTEXT with a user, SSL with tls files, SASL_SSL with both, else PLAINTEXT."""
     sasl_mechanism: Global___KafkaSaslMechanism.ValueType
