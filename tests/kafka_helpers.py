@@ -7,6 +7,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.helpers import create_ssl_context
 
 from workflow_eventbus.devservers.kafka import SCRAM_MECHANISM, KafkaServer
@@ -87,3 +88,15 @@ async def group_members(server: KafkaServer, group: str) -> list[Any]:
             # (error_code, group_id, state, protocol_type, protocol, members, ...)
             return [entry[2], len(entry[5])]
     return ["Dead", 0]
+
+
+async def topic_config(server: KafkaServer, topic: str) -> dict[str, str]:
+    """The topic's effective settings as the broker describes them."""
+    admin = AIOKafkaAdminClient(**client_options(server))
+    await admin.start()
+    try:
+        described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        await admin.close()
+    # resources: [(error_code, error_message, type, name, [(name, value, ...), ...])]
+    return {entry[0]: entry[1] for entry in described[0].resources[0][4]}

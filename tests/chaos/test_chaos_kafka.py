@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from fixtures_kafka import KafkaFactory
-from kafka_helpers import group_members
+from kafka_helpers import group_members, topic_config
 from plugin_process_helpers import declare
 from reliability_helpers import Tally, consumer_into, make_bus, publish_all, unique, until
 
@@ -96,6 +96,7 @@ async def test_3_node_cluster_survives_killing_the_partition_leader(
     async def kill_leader(topic: str) -> None:
         info = (await server.partitions(topic))[0]
         assert len(info.replicas) == 3 and len(info.isr) == 3, info
+        assert (await topic_config(server, topic))["min.insync.replicas"] == "2"
         leader = await server.leader_of(topic)
         killed.append(leader)
         await server.kill(leader)
