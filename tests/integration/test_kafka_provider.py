@@ -19,6 +19,7 @@ from test_cli_ops import cli
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
 from workflow_eventbus.core.config import to_duration
+from workflow_eventbus.core.deadletter import DLQ_CONSUMER, DLQ_SEQUENCE, DLQ_STREAM
 from workflow_eventbus.core.errors import (
     BrokerUnavailableError,
     ConfigError,
@@ -397,3 +398,30 @@ async def test_scram_alone_and_tls_alone(
         assert got.payload == protocol.encode()
     finally:
         await provider.close()
+
+
+async def test_removed_dead_letters_at_the_start_are_deleted_for_good(
+    kafka: KafkaProvider,
+) -> None:
+    own, own_root = await stream_of(kafka)  # a dead-letter stream of this test alone
+    for seq in (1, 2, 3):
+        await kafka.publish(
+            OutboundMessage(
+                f"{own_root}.dead",
+                f"p{seq}".encode(),
+                {DLQ_STREAM: "SRC", DLQ_CONSUMER: "w", DLQ_SEQUENCE: str(seq)},
+            )
+        )
+    store = await kafka.dead_letters(own)
+    letters = await store.list()
+    assert [x.sequence for x in letters] == [1, 2, 3]
+    await store.remove(letters[1])  # in the middle: hidden, still stored
+    assert [x.sequence for x in await store.list()] == [1, 3]
+    tp = (await partitions_of(kafka.admin, [f"{own_root}._all"]))[0]
+    assert (await kafka.reader.beginning_offsets([tp]))[tp] == 0
+    await store.remove(letters[0])  # now the first two are removed: gone for good
+    assert (await kafka.reader.beginning_offsets([tp]))[tp] == 2
+    assert [x.sequence for x in await store.list()] == [3]
+    assert not [k for k in kafka.registry.entries if k.startswith(f"removed/{own}/")]
+    await store.remove(letters[0])  # again: nothing left to do, nothing written
+    assert not [k for k in kafka.registry.entries if k.startswith(f"removed/{own}/")]

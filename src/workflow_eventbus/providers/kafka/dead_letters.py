@@ -1,8 +1,10 @@
 """Dead letters on Kafka: the records of the dead-letter stream's topics.
 
 Kafka cannot delete one record from the middle of a log, so :meth:`remove`
-writes a removal record to the registry; listing skips removed letters, and
-the records themselves go with the topic's retention. Letters are listed in
+writes a removal record to the registry and listing skips removed letters; once
+the removed letters are the oldest of their partition they are deleted for good
+(DeleteRecords before the first one still listed) and so are their removal
+records. The others go with the topic's retention. Letters are listed in
 sequence order (topic, partition, offset), which for the dead-letter stream's
 one-partition topic is the order they were written in.
 """
@@ -14,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from ...core.deadletter import DEAD_LETTER_STREAM, DeadLetter
 from ...core.defaults import DEFAULT_DEAD_LETTER_LIMIT
@@ -22,7 +24,7 @@ from ...core.errors import NotFoundError
 from ..base import DeadLetterStore
 from .registry import Registry, StreamRecord
 from .streams import partitions_of
-from .topics import encode_sequence
+from .topics import decode_sequence, encode_sequence
 
 
 class KafkaDeadLetters(DeadLetterStore):
@@ -100,8 +102,36 @@ class KafkaDeadLetters(DeadLetterStore):
                     out.append(letter)
 
     async def remove(self, letter: DeadLetter) -> None:
+        record = self._registry.stream(letter.dlq_stream)
+        topic_id, partition, offset = decode_sequence(letter.dlq_sequence)
+        topic = record.topic_by_id(topic_id) if record else None
+        if topic is None:
+            return  # not a letter of a stream this broker has
+        tp = TopicPartition(topic.topic, partition)
+        reader = AIOKafkaConsumer(enable_auto_commit=False, **self._options)
+        await reader.start()
+        try:
+            start = (await reader.beginning_offsets([tp]))[tp]
+        finally:
+            await reader.stop()
+        if offset < start:
+            return  # deleted for good already
         if not self._registry.removed(letter.dlq_stream, letter.dlq_sequence):
             await self._registry.put_removed(letter.dlq_stream, letter.dlq_sequence)
+        await self._trim(letter.dlq_stream, topic_id, tp, start)
+
+    async def _trim(self, dlq_stream: str, topic_id: int, tp: TopicPartition, start: int) -> None:
+        """Delete the removed letters at the start of a partition for good (Kafka deletes
+        records only before an offset), and then their removal records."""
+        offset = start
+        while self._registry.removed(dlq_stream, encode_sequence(topic_id, tp.partition, offset)):
+            offset += 1
+        if offset == start:
+            return
+        await self._admin.delete_records({tp: RecordsToDelete(offset)})
+        for gone in range(start, offset):
+            sequence = encode_sequence(topic_id, tp.partition, gone)
+            await self._registry.put_removed(dlq_stream, sequence, removed=False)
 
     async def close(self) -> None:
         return None  # the registry is the provider's

@@ -153,5 +153,7 @@ class Registry:
     def removed(self, dlq_stream: str, sequence: int) -> bool:
         return f"{REMOVED_KEY}{dlq_stream}/{sequence}" in self.entries
 
-    async def put_removed(self, dlq_stream: str, sequence: int) -> None:
-        await self.put(f"{REMOVED_KEY}{dlq_stream}/{sequence}", {"removed": True})
+    async def put_removed(self, dlq_stream: str, sequence: int, *, removed: bool = True) -> None:
+        """Mark a dead letter removed, or drop the mark (the letter itself is gone)."""
+        value = {"removed": True} if removed else None
+        await self.put(f"{REMOVED_KEY}{dlq_stream}/{sequence}", value)
