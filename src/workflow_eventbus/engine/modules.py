@@ -151,7 +151,7 @@ class BrokerModule(Module):
         super()._register()
 
     async def _start(self) -> None:
-        self.spec.load()  # a declaration-only provider (kafka, kinesis) stops here, with why
+        self.spec.load()  # a declaration-only provider (kinesis) stops here, with why
         if not self.url:
             if self.spec.url_required:
                 raise ConfigError(
