@@ -2,7 +2,7 @@
 
 A provider owns one connection (or pool) to one broker. Everything above it
 (modules, steps, the subscribe loop, the plugin) talks only to this interface,
-so NATS, pgchannel and the in-memory double are interchangeable. Providers are
+so NATS, pgchannel, Kafka and the in-memory double are interchangeable. Providers are
 async, safe to call concurrently, and raise only :mod:`workflow_eventbus.core.errors`.
 
 The subscribe loop is not a provider method: it is built once, generically, on
