@@ -274,6 +274,7 @@ async def test_status_reports_streams_and_consumers(kafka: KafkaProvider, kafka_
     with pytest.raises(NotFoundError):
         await kafka.consumer_status("NO_SUCH_STREAM")
 
+    await kafka.confirm()  # m0's ack is committed: another process starts after it
     code, out, err = await cli("status", "--url", kafka_url, "--stream", stream, "--json")
     assert code == 0, err
     report = json.loads(out)
