@@ -185,7 +185,7 @@ async def test_a_rebalance_lets_running_deliveries_finish_and_loses_nothing(
 async def test_partitions_keep_order_per_subject(kafka: KafkaProvider) -> None:
     stream, root = await stream_of(kafka, partitions=3)
     durable = await consumer_of(kafka, stream)
-    msgs = [OutboundMessage(f"{root}.s{i % 5}", f"{i}".encode()) for i in range(60)]
+    msgs = [OutboundMessage(f"{root}.s{i % 12}", f"{i}".encode()) for i in range(60)]
     results = await kafka.publish_many(msgs)
     partitions = {r.sequence >> 40 & 0xFFF for r in results if not isinstance(r, Exception)}
     assert len(partitions) > 1  # the subjects really are spread over partitions
