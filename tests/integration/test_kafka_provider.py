@@ -426,3 +426,25 @@ async def test_removed_dead_letters_at_the_start_are_deleted_for_good(
     assert not [k for k in kafka.registry.entries if k.startswith(f"removed/{own}/")]
     await store.remove(letters[0])  # again: nothing left to do, nothing written
     assert not [k for k in kafka.registry.entries if k.startswith(f"removed/{own}/")]
+
+
+async def test_a_running_member_follows_new_subjects_and_settings(kafka: KafkaProvider) -> None:
+    token = uuid.uuid4().hex[:8]
+    stream, a, b = f"K_{token}", f"k{token}.a", f"k{token}.b"
+    await kafka.ensure_stream(pb.StreamConfig(name=stream, subjects=[a]))
+    durable = await consumer_of(kafka, stream)
+    assert await kafka.fetch(stream, durable, 1, 0.5) == []  # the member runs
+    await kafka.ensure_stream(pb.StreamConfig(name=stream, subjects=[a, b]))  # a new topic
+    await kafka.publish(OutboundMessage(b, b"on the new subject"))
+    (got,) = await take(kafka, stream, durable, 1)
+    assert (got.subject, got.payload) == (b, b"on the new subject")
+    await kafka.settle([got.ack_token], AckAction.ACK)
+    await kafka.ensure_consumer(
+        pb.ConsumerConfig(
+            name=durable, stream_name=stream, deliver_policy=pb.DELIVER_POLICY_ALL, max_deliver=1
+        )
+    )
+    await kafka.publish(OutboundMessage(a, b"once"))
+    (once,) = await take(kafka, stream, durable, 1)
+    await kafka.settle([once.ack_token], AckAction.NAK)
+    assert await kafka.fetch(stream, durable, 1, 1.0) == []  # max_deliver 1 applies now

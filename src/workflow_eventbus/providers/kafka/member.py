@@ -135,6 +135,13 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._commit_now()
         await self._consumer.stop()
 
+    def reconfigure(self, cfg: MemberConfig) -> None:
+        """New settings from now on; new topics are subscribed to (a rebalance)."""
+        grew = set(cfg.topics) != set(self.cfg.topics)
+        self.cfg = cfg
+        if grew and self._start_at is None:
+            self._consumer.subscribe(sorted(cfg.topics), listener=self)
+
     # ---- delivering ----
 
     async def fetch(self, limit: int, max_wait: float) -> list[Delivery]:

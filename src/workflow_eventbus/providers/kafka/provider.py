@@ -216,12 +216,25 @@ class KafkaProvider(Provider, HasPending, HasDeadLetters, KafkaStatus, KafkaEphe
         await self._call(
             "ensure_stream", s.ensure_stream(self.admin, self.registry, self.cluster, cfg)
         )
+        self._refresh_members(cfg.name)
 
     async def ensure_consumer(self, cfg: pb.ConsumerConfig) -> None:
         await self._call(
             "ensure_consumer",
             s.ensure_consumer(self.admin, self.registry, self.reader, self._options, cfg),
         )
+        self._refresh_members(cfg.stream_name)
+
+    def _refresh_members(self, stream: str) -> None:
+        """Members of ``stream`` here follow a changed stream or consumer: new topics are
+        subscribed to, new settings (ack_wait, max_deliver, ...) apply from now on."""
+        record = self.registry.stream(stream)
+        if record is None:
+            return
+        for (name, consumer), member in self._members.items():
+            cfg = self.registry.consumer(name, consumer) if name == stream else None
+            if cfg is not None:
+                member.reconfigure(_member_config(record, cfg))
 
     async def _stream(self, name: str) -> StreamRecord:
         record = self.registry.stream(name)
@@ -278,21 +291,7 @@ class KafkaProvider(Provider, HasPending, HasDeadLetters, KafkaStatus, KafkaEphe
             if member is not None:
                 return member
             record, cfg = await self._consumer(stream, consumer)
-            ack_wait = (
-                duration_seconds(cfg.ack_wait)
-                or duration_seconds(record.cfg.ack_wait)
-                or DEFAULT_ACK_WAIT
-            )
-            member_cfg = MemberConfig(
-                stream=stream,
-                consumer=consumer,
-                topics={t.topic: t.id for t in s.topics_for_filter(record, cfg.filter_subject)},
-                filter_subject=cfg.filter_subject,
-                ack_wait=ack_wait,
-                max_deliver=cfg.max_deliver,
-                max_ack_pending=cfg.max_ack_pending or DEFAULT_MAX_ACK_PENDING,
-            )
-            member = Member(member_cfg, self._options, self.admin, self.log)
+            member = Member(_member_config(record, cfg), self._options, self.admin, self.log)
             try:
                 await self._call("join consumer group", member.start())
             except BaseException:
@@ -340,6 +339,21 @@ class KafkaProvider(Provider, HasPending, HasDeadLetters, KafkaStatus, KafkaEphe
 
     async def dead_letters(self, dlq_stream: str = DEAD_LETTER_STREAM) -> KafkaDeadLetters:
         return KafkaDeadLetters(self.registry, self.admin, self._options, dlq_stream, self._stream)
+
+
+def _member_config(record: StreamRecord, cfg: pb.ConsumerConfig) -> MemberConfig:
+    ack_wait = (
+        duration_seconds(cfg.ack_wait) or duration_seconds(record.cfg.ack_wait) or DEFAULT_ACK_WAIT
+    )
+    return MemberConfig(
+        stream=record.cfg.name,
+        consumer=cfg.name,
+        topics={t.topic: t.id for t in s.topics_for_filter(record, cfg.filter_subject)},
+        filter_subject=cfg.filter_subject,
+        ack_wait=ack_wait,
+        max_deliver=cfg.max_deliver,
+        max_ack_pending=cfg.max_ack_pending or DEFAULT_MAX_ACK_PENDING,
+    )
 
 
 async def _quietly(op: Any) -> None:
