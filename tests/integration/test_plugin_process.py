@@ -152,9 +152,13 @@ async def test_runtime_registry_matches_the_committed_files(host: PluginHost) ->
     runtime = [
         (kinds[d.kind], d.module_type or d.step_type or d.trigger_type, d.config_message)
         for d in registry.contracts
+        if d.kind != ppb.CONTRACT_KIND_SERVICE
     ]
     assert runtime == [(c["kind"], c["type"], c.get("config", "")) for c in files]
+    # The IaC gRPC services are listed in the registry and in plugin.json's iacServices.
     manifest = json.loads((root / "plugin.json").read_text())
+    services = [d.service_name for d in registry.contracts if d.kind == ppb.CONTRACT_KIND_SERVICE]
+    assert services == manifest["iacServices"] and len(services) == 4
     assert manifest["version"] == (await host.manifest()).version
 
 
