@@ -31,6 +31,24 @@ def test_public_url_drops_every_kind_of_credential_and_keeps_the_address() -> No
     assert not wire.same_broker("nats://h:1", "nats://h:2")
 
 
+def test_public_url_keeps_every_host_of_a_multi_host_url_and_no_credentials() -> None:
+    assert wire.public_url("kafka://a:9092,b:9092") == "kafka://a:9092,b:9092"
+    assert wire.public_url("nats://u:pw@A:4222,b:4223") == "nats://a:4222,b:4223"
+    dsn = "postgresql://app:s3cret@db-1:5432,db-2:5433/orders?sslmode=require"
+    assert wire.public_url(dsn) == "postgresql://db-1:5432,db-2:5433/orders"
+    assert wire.public_url("nats://[::1]:4222,h") == "nats://[::1]:4222,h"
+    assert wire.same_broker("kafka://u:p@a:1,b:2", "kafka://a:1,b:2")
+
+
+def test_public_url_bad_port_is_a_config_error_without_the_credentials() -> None:
+    with pytest.raises(ConfigError) as info:
+        wire.public_url("kafka://app:s3cret@a:9092,b:notaport")
+    assert info.value.setting == "url"
+    assert info.value.fix
+    assert "s3cret" not in str(info.value)
+    assert "b:notaport" in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("resource_type", "obj"),
     [
@@ -158,6 +176,9 @@ def test_a_stream_needs_a_url_here_or_on_the_provider() -> None:
         StreamDriver(Settings())._decode(spec)
     obj, url, cfg = StreamDriver(Settings(url="nats://u:p@h:1"))._decode(spec)
     assert (obj.provider_id(), url, cfg.name) == ("nats://h:1#ORDERS", "nats://u:p@h:1", "ORDERS")
+    kafka = "kafka://u:p@a:9092,b:9092"  # the multi-host form docs/kafka.md recommends
+    obj, url, _ = StreamDriver(Settings(url=kafka))._decode(spec)
+    assert (obj.provider_id(), url) == ("kafka://a:9092,b:9092#ORDERS", kafka)
 
 
 async def test_a_stream_moved_to_another_broker_or_name_is_a_replace() -> None:

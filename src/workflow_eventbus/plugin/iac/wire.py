@@ -73,12 +73,35 @@ def split_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
 
 
 def public_url(url: str) -> str:
-    """``url`` without its user, password or token: safe for ids, outputs and logs."""
+    """``url`` without its user, password or token: safe for ids, outputs and logs.
+
+    Multi-host URLs (``kafka://a:9092,b:9092``, ``nats://a:4222,b:4222``, a
+    libpq ``postgresql://u:p@a:5432,b:5432/db``) keep every host; query and
+    fragment are dropped (they may carry credentials too).
+    """
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    netloc = parts.netloc.rpartition("@")[2]  # userinfo (credentials) never kept
+    hosts = [_public_host(host, parts.scheme) for host in netloc.split(",") if host]
+    return urlunsplit((parts.scheme, ",".join(hosts), parts.path, "", ""))
+
+
+def _public_host(host: str, scheme: str) -> str:
+    """One ``host[:port]`` of a netloc, lower-cased (IPv6 literals keep their brackets)."""
+    parts = urlsplit(f"//{host}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(
+            URL_KEY,
+            "has a port that is not a number from 0 to 65535",
+            value=f"{scheme}://{host}",
+            fix="write each host as host:port, hosts separated by ',' "
+            "(e.g. kafka://broker-1:9092,broker-2:9092)",
+        ) from exc
+    name = parts.hostname or ""
+    if ":" in name:
+        name = f"[{name}]"
+    return f"{name}:{port}" if port is not None else name
 
 
 def same_broker(a: str, b: str) -> bool:
