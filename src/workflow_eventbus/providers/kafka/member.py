@@ -176,13 +176,17 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
                     f"kafka consumer {self.cfg.stream}/{self.cfg.consumer}: read failed: {exc}"
                 ) from exc
         assigned = self._consumer.assignment()
+        before = {tp: self._parts.get(tp) for tp in batches}
         unread = [tp for tp in batches if tp in assigned and tp not in self._counted]
         if unread:
-            await self._load_counts(unread)
+            await self._load_counts(unread)  # may wait out a rebalance
+        # Only partitions still ours, and not handed over and back meanwhile: the
+        # records of one revoked (or assigned afresh) are read again from its commit.
+        assigned = self._consumer.assignment()
         for tp, records in batches.items():
-            if tp not in assigned:
+            acks = self._parts.get(tp)
+            if tp not in assigned or acks is None or acks is not before[tp]:
                 continue
-            acks = self._parts.setdefault(tp, PartitionAcks())
             for record in records:
                 if acks.is_open(record.offset) or record.offset < acks.next_offset:
                     continue  # already ours
@@ -346,8 +350,9 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
             self._committed.set()
             return
         offsets: dict[TopicPartition, tuple[int, str]] = {}
+        assigned = self._consumer.assignment()  # Kafka refuses the whole commit otherwise
         for tp, acks in self._parts.items():
-            if only is not None and tp not in only:
+            if (only is not None and tp not in only) or tp not in assigned:
                 continue
             point = acks.pending_commit()
             if point is None and tp in self._recount:
@@ -368,10 +373,19 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
         if all(a.pending_commit() is None for a in self._parts.values()):
             self._committed.set()
 
-    async def confirm(self, timeout: float) -> None:
-        """Wait until every finished record so far is committed."""
-        with contextlib.suppress(TimeoutError):
+    async def confirm(self, timeout: float, where: str = "kafka") -> None:
+        """Wait until every finished record so far is committed.
+
+        Raises BrokerUnavailableError when that takes longer than ``timeout`` (the
+        broker's connect_timeout): the acks are not on the broker yet."""
+        try:
             await asyncio.wait_for(self._committed.wait(), timeout)
+        except TimeoutError as exc:
+            raise BrokerUnavailableError(
+                f"{where}: the acks of consumer {self.cfg.stream}/{self.cfg.consumer} were "
+                f"not committed within connect_timeout ({timeout:g}s); check that the broker "
+                "is reachable, or raise connect_timeout (they are committed once it is)"
+            ) from exc
 
     # ---- rebalance listener (called by aiokafka's group coordinator) ----
 
@@ -404,7 +418,9 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         for tp in assigned:
-            self._parts.setdefault(tp, PartitionAcks())
+            # Afresh: what an earlier assignment of it took is not ours any more (an
+            # entry kept would skip its records below next_offset, then commit past them).
+            self._parts[tp] = PartitionAcks()
         # Read again before the first record of each is taken (``_read``): the last
         # owner may have committed since. (aiokafka may fetch before this returns.)
         self._counted.difference_update(assigned)

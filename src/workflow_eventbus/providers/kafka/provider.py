@@ -325,7 +325,7 @@ class KafkaProvider(Provider, HasPending, HasDeadLetters, KafkaStatus, KafkaEphe
 
     async def confirm(self) -> None:
         for member in list(self._members.values()):
-            await member.confirm(self.op_timeout)
+            await member.confirm(self.op_timeout, self._where)
 
     # ---- capabilities ----
 
