@@ -146,23 +146,52 @@ async def _start(data_dir: Path, port: int, ready_timeout: float) -> ServerRecor
             stderr=log,
             start_new_session=True,
         )
+    try:  # never leave a started server behind without its server.json
+        found = await _ready_port(proc, data_dir, ready_timeout)
+        record = ServerRecord(proc.pid, found, str(data_dir))
+        (data_dir / STATE_FILE).write_text(json.dumps(asdict(record)))
+    except BaseException:  # a timeout, a cancelled command, an unwritable data dir
+        _reap(proc)
+        raise
+    return record
+
+
+async def _ready_port(proc: subprocess.Popen[bytes], data_dir: Path, ready_timeout: float) -> int:
+    """The client port of ``proc`` once it greets clients; BrokerUnavailableError
+    (the server reaped, its exit status and log tail in the message) when it exits
+    or ``ready_timeout`` passes first."""
+    ports = data_dir / "ports"
     deadline = time.monotonic() + ready_timeout
     while True:
         found = _ports_file_port(ports / f"nats-server_{proc.pid}.ports")
         if found and await _greets(found):
-            break
-        if proc.poll() is not None or time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            tail = _log_tail(data_dir / "server.log")
+            return found
+        exited = proc.poll() is not None
+        if exited or time.monotonic() > deadline:
+            _reap(proc)
+            what = "exited" if exited else f"did not start within {ready_timeout}s, was stopped"
             raise BrokerUnavailableError(
-                f"{data_dir}: nats-server did not start within {ready_timeout}s "
-                f"(exit code {proc.returncode}); fix what its log says:\n{tail}"
+                f"{data_dir}: nats-server {what} ({_exit_status(proc.returncode)}); "
+                f"fix what its log says:\n{_log_tail(data_dir / 'server.log')}"
             )
         await asyncio.sleep(_POLL)
-    record = ServerRecord(proc.pid, found, str(data_dir))
-    (data_dir / STATE_FILE).write_text(json.dumps(asdict(record)))
-    return record
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """Kill ``proc`` unless it has exited, and wait for it (no zombie, a real status)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    proc.wait()
+
+
+def _exit_status(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
 
 
 async def stop(data_dir: Path, grace: float) -> bool:
