@@ -16,7 +16,7 @@ from workflow_eventbus.plugin.iac import drivers, wire
 from workflow_eventbus.plugin.iac.drivers import ServerDriver, Settings, StreamDriver
 from workflow_eventbus.plugin.iac.service import Provider
 from workflow_eventbus.providers import REGISTRY
-from workflow_eventbus.providers.base import SettingDrift
+from workflow_eventbus.providers.base import Feature, SettingDrift
 
 
 def _spec(resource: str, resource_type: str, **config: object) -> ipb.ResourceSpec:
@@ -203,7 +203,22 @@ async def test_a_broker_without_the_admin_capability_is_refused_before_connectin
         await StreamDriver(Settings()).create(spec)
     message = str(caught.value)
     assert "provider memory has no admin capability" in message
-    assert "use a broker whose provider is nats or pgchannel" in message
+    admin = [s.name for s in REGISTRY.values() if Feature.ADMIN in s.features and not s.test_double]
+    assert message.endswith(f"use a broker whose provider is {' or '.join(admin)}")
+
+
+async def test_an_unknown_url_scheme_names_every_provider_with_the_admin_capability() -> None:
+    spec = _spec("orders", wire.STREAM_TYPE, name="ORDERS", subjects=["orders.>"], url="x://h:1")
+    with pytest.raises(ConfigError) as caught:
+        await StreamDriver(Settings()).create(spec)
+    message = str(caught.value)
+    assert "url: names no broker this plugin knows" in message
+    admin = [s for s in REGISTRY.values() if Feature.ADMIN in s.features and not s.test_double]
+    assert "kafka" in [s.name for s in admin]  # kafka:// brokers are IaC targets too
+    for provider in admin:
+        assert f"({provider.name})" in message
+        for scheme in provider.url_schemes:
+            assert f"{scheme}://" in message
 
 
 async def test_plan_creates_new_diffs_existing_and_deletes_removed(tmp_path: Path) -> None:

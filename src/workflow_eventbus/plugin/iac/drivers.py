@@ -28,7 +28,7 @@ from ...core.errors import BrokerUnavailableError, ConfigError, NotFoundError
 from ...core.names import BROKER
 from ...core.validation import validate_consumer, validate_stream
 from ...engine.bus import EventBus
-from ...providers import provider_for_url
+from ...providers import REGISTRY, provider_for_url
 from ...providers.base import HasAdmin, Provider, SettingDrift
 from ...providers.capabilities import providers_with, require_admin
 from . import server, wire
@@ -71,7 +71,8 @@ async def admin_for(url: str, settings: Settings) -> AsyncIterator[tuple[Provide
             wire.URL_KEY,
             "names no broker this plugin knows",
             value=wire.public_url(url),
-            fix="use a nats:// URL, e.g. nats://127.0.0.1:<the server's port>",
+            fix=f"use a URL of a provider with the {HasAdmin.feature.value} capability: "
+            f"{_admin_url_schemes()} (e.g. nats://127.0.0.1:<the server's port>)",
         ) from exc
     if not issubclass(spec.load(), HasAdmin):  # before connecting: it would not help
         raise ConfigError(
@@ -89,6 +90,17 @@ async def admin_for(url: str, settings: Settings) -> AsyncIterator[tuple[Provide
         yield provider, require_admin(provider)
     finally:
         await bus.close()
+
+
+def _admin_url_schemes() -> str:
+    """``nats://, tls://, ... (nats), ... or kafka:// (kafka)``: every provider with
+    the admin capability, from the registry, with the URL schemes that pick it."""
+    named = [
+        f"{', '.join(f'{s}://' for s in REGISTRY[name].url_schemes)} ({name})"
+        for name in providers_with(HasAdmin)
+        if REGISTRY[name].url_schemes
+    ]
+    return " or ".join(named) if named else "none today"
 
 
 class Driver(abc.ABC):
