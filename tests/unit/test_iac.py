@@ -3,6 +3,7 @@
 import pytest
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
+from workflow_eventbus.core.defaults import DEFAULT_KAFKA_REPLICATION
 from workflow_eventbus.core.errors import ConfigError
 from workflow_eventbus.engine import iac
 from workflow_eventbus.providers import REGISTRY
@@ -113,6 +114,9 @@ def test_pgchannel_gives_the_migration_command_and_managed_services_a_statement(
     assert 'exec workflow-plugin-eventbus migrate --schema orders "$@"\n' in script.text
     kafka = one(broker("aws.msk", provider="kafka", kafka={"default_replication_factor": 3}))
     assert not (kafka.modules or kafka.files) and "replication factor 3" in kafka.notes[0]
+    unset = one(broker("aws.msk", provider="kafka")).notes[0]  # what the runtime uses
+    assert f"replication factor {DEFAULT_KAFKA_REPLICATION} (the default, at most the" in unset
+    assert "min in-sync replicas the broker's min.insync.replicas" in unset
     kinesis = one(broker("aws.kinesis", provider="kinesis", kinesis={"region": "eu-west-1"}))
     assert "region eu-west-1, 1 shard(s)" in kinesis.notes[0]
     ecs = one(broker("aws.ecs"))

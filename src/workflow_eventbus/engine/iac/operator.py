@@ -12,7 +12,7 @@ provisions, stated.
 
 from __future__ import annotations
 
-from ...core.defaults import DEFAULT_KAFKA_VERSION, DEFAULT_PG_SCHEMA
+from ...core.defaults import DEFAULT_KAFKA_REPLICATION, DEFAULT_KAFKA_VERSION, DEFAULT_PG_SCHEMA
 from .model import Broker, Built, File, Options
 
 
@@ -52,9 +52,15 @@ def nats_on_ecs(broker: Broker, options: Options) -> Built:
 
 def managed_cluster(broker: Broker, options: Options) -> Built:
     cfg, kafka = broker.config, broker.config.kafka
+    replication = (
+        str(kafka.default_replication_factor)
+        if kafka.default_replication_factor
+        else f"{DEFAULT_KAFKA_REPLICATION} (the default, at most the number of brokers)"
+    )
+    min_insync = kafka.min_insync_replicas or "the broker's min.insync.replicas"
     detail = (
-        f"replication factor {kafka.default_replication_factor or 1}, min in-sync replicas "
-        f"{kafka.min_insync_replicas or 1}, version {cfg.version or DEFAULT_KAFKA_VERSION}"
+        f"replication factor {replication}, min in-sync replicas {min_insync}, "
+        f"version {cfg.version or DEFAULT_KAFKA_VERSION}"
     )
     return _managed(broker, detail)
 
