@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
+from workflow_eventbus.cli import upgrade_config
 from workflow_eventbus.cli.main import main
 from workflow_eventbus.cli.upgrade_config import upgrade
 
@@ -116,3 +118,61 @@ def test_unreadable_or_broken_files_exit_1(
     broken.write_text("modules: [\n")
     assert main(["upgrade-config", str(broken)]) == 1
     assert "is not valid YAML" in capsys.readouterr().err
+
+
+def test_write_keeps_crlf_line_endings_byte_for_byte(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lf = GO_SHAPES.read_text()
+    assert "\r" not in lf
+    before = lf.replace("\n", "\r\n").encode()
+    app = tmp_path / "app.yaml"
+    app.write_bytes(before)
+    assert main(["upgrade-config", str(app), "--write"]) == 0
+    assert f"{app}: 5 change(s) written" in capsys.readouterr().out
+    after = app.read_bytes()
+    # Exactly the LF upgrade (the renamed words, comments kept in their column), CRLF kept.
+    assert after == upgrade(lf).text.replace("\n", "\r\n").encode()
+    old, new = before.split(b"\r\n"), after.split(b"\r\n")
+    changed = [i + 1 for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b]
+    assert changed == [17, 24, 31, 44, 45]
+
+
+def test_tagged_values_elsewhere_do_not_stop_the_upgrade() -> None:
+    text = "modules:\n- name: b  # !Ref below\n  type: infra.eventbus\n  x: !Ref y\n"
+    assert upgrade(text).text == text.replace("infra.eventbus", "eventbus.broker")
+    assert upgrade("a: !!str b\n").edits == []
+
+
+def _edit_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    """_apply changing one more value than its edits (what _check exists to catch)."""
+    real = upgrade_config._apply
+    monkeypatch.setattr(
+        upgrade_config, "_apply", lambda text, edits: real(text, edits).replace("b\n", "c\n")
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "patch"),
+    [
+        ('modules:\n- name: b\n  type: "infra.\\x65ventbus"\n', "line 3: type", None),
+        ("modules:\n- name: b\n  type: infra.eventbus\n", "line 3: type", _edit_more),
+    ],
+)
+def test_a_name_it_cannot_edit_in_place_is_an_error_naming_the_line_not_a_traceback(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    text: str,
+    where: str,
+    patch: Callable[[pytest.MonkeyPatch], None] | None,
+) -> None:
+    if patch is not None:
+        patch(monkeypatch)
+    app = tmp_path / "app.yaml"
+    app.write_text(text)
+    assert main(["upgrade-config", str(app), "--write"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: APP_YAML: {app}: {where}: infra.eventbus ")
+    assert "change infra.eventbus to eventbus.broker by hand" in err
+    assert app.read_text() == text  # nothing written

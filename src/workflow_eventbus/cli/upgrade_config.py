@@ -11,7 +11,9 @@ Only those words change: the file is edited in place at the positions ruamel.yam
 reports, so comments, order, quoting and blank lines stay byte for byte. Without
 ``--write`` it prints each change (``FILE:LINE: old -> new``) and the diff; with
 ``--write`` it saves the file; with ``--check`` it exits 1 when there is anything
-to change (CI). Otherwise exit 0, and 1 when the file cannot be read or parsed. A
+to change (CI). Otherwise exit 0, and 1 when the file cannot be read or parsed, or
+writes an old name in a form this command cannot edit in place (a tag, an escape:
+nothing is written then; change it by hand). Line endings (LF or CRLF) are kept. A
 trigger that gives both an alias and its key is reported and left as it is (the
 key wins at run time; delete the alias).
 
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.errors import ConfigError
 from ..core.names import MODULE_ALIASES, SUBSCRIBE
 from ..engine.trigger import ALIASES
 
@@ -80,7 +83,8 @@ def run(ns: argparse.Namespace) -> int:
 
     path = Path(ns.app)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open(encoding="utf-8", newline="") as file:  # CRLF stays CRLF
+            text = file.read()
         result = upgrade(text)
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
@@ -89,6 +93,9 @@ def run(ns: argparse.Namespace) -> int:
     except YAMLError as exc:
         problem = " ".join(str(exc).split())
         print(f"error: APP_YAML: {ns.app} is not valid YAML: {problem}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"error: APP_YAML: {ns.app}: {exc}", file=sys.stderr)
         return 1
     for edit in result.edits:
         print(f"{ns.app}:{edit.line + 1}: {edit.what} {edit.old} -> {edit.new}")
@@ -101,7 +108,8 @@ def run(ns: argparse.Namespace) -> int:
         print(f"{ns.app}: {len(result.edits)} change(s) to make; run upgrade-config --write")
         return 1
     if ns.write:
-        path.write_text(result.text, encoding="utf-8")
+        with path.open("w", encoding="utf-8", newline="") as file:  # the bytes read, edited
+            file.write(result.text)
         print(f"{ns.app}: {len(result.edits)} change(s) written")
         return 0
     diff = difflib.unified_diff(
@@ -179,7 +187,7 @@ def _apply(text: str, edits: list[Edit]) -> str:
         line = lines[edit.line]
         start = edit.col + (1 if line[edit.col : edit.col + 1] in ("'", '"') else 0)
         if line[start : start + len(edit.old)] != edit.old:
-            raise AssertionError(f"line {edit.line + 1}: {edit.old!r} is not at column {start}")
+            raise _cannot_edit(edit, f"is not written as plain text at column {start + 1}")
         rest = _keep_comment_column(line[start + len(edit.old) :], len(edit.new) - len(edit.old))
         lines[edit.line] = line[:start] + edit.new + rest
     return "".join(lines)
@@ -197,11 +205,24 @@ def _keep_comment_column(rest: str, delta: int) -> str:
 
 def _check(yaml: YAML, upgraded: str, before: Any, edits: list[Edit]) -> None:
     """The upgraded text must parse to the old document with exactly the edits made."""
+    if not edits:
+        return  # the text is the one read
     expected = _plain(before)
     for edit in edits:
         _rename(expected, edit)
     if _plain(yaml.load(upgraded)) != expected:
-        raise AssertionError("upgrade-config changed more than the names it meant to")
+        first = min(edits, key=lambda e: (e.line, e.col))  # some edit hit the wrong text
+        raise _cannot_edit(first, "edited in place would change more than the name")
+
+
+def _cannot_edit(edit: Edit, problem: str) -> ConfigError:
+    return ConfigError(
+        f"line {edit.line + 1}: {edit.what}",
+        f"{edit.old} {problem} (a tag, an escape or another YAML form this command "
+        "cannot edit in place); nothing was changed",
+        value=edit.old,
+        fix=f"change {edit.old} to {edit.new} by hand, or write it as plain text and rerun",
+    )
 
 
 def _rename(root: Any, edit: Edit) -> None:
@@ -216,6 +237,10 @@ def _rename(root: Any, edit: Edit) -> None:
 
 
 def _plain(node: Any) -> Any:
+    from ruamel.yaml.comments import TaggedScalar  # compares by identity otherwise
+
+    if isinstance(node, TaggedScalar):
+        return ("tagged", str(node.tag), node.value)
     if isinstance(node, dict):
         return {str(k): _plain(v) for k, v in node.items()}
     if isinstance(node, list):
