@@ -150,8 +150,9 @@ def test_provider_settings_take_url_and_connect_timeout_only() -> None:
     assert Settings.from_config({"connect_timeout": "2s"}).connect_timeout == 2.0
     with pytest.raises(ConfigError, match="iac.provider eventbus: region: unknown key"):
         Settings.from_config({"region": "fra1"})
-    with pytest.raises(ConfigError, match="connect_timeout: must be positive"):
+    with pytest.raises(ConfigError, match="connect_timeout: must be positive") as caught:
         Settings.from_config({"connect_timeout": "0s"})
+    assert "connect_timeout: 10s" in caught.value.fix
 
 
 @pytest.mark.parametrize(
@@ -166,8 +167,9 @@ def test_provider_settings_take_url_and_connect_timeout_only() -> None:
 )
 def test_server_config_errors_name_the_setting(config: dict[str, object], message: str) -> None:
     driver = ServerDriver(Settings())
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as caught:
         driver._decode(_spec("srv", wire.SERVER_TYPE, **config))
+    assert caught.value.fix  # each says what to write instead
 
 
 def test_a_stream_needs_a_url_here_or_on_the_provider() -> None:

@@ -174,11 +174,25 @@ class KafkaServer(Service):
         ready_timeout: float = 90.0,
     ) -> None:
         if nodes not in (1, 3):
-            raise ConfigError("KafkaServer nodes", "must be 1 or 3", value=nodes)
+            raise ConfigError(
+                "KafkaServer nodes",
+                "must be 1 or 3",
+                value=nodes,
+                fix="pass nodes=1 (one broker) or nodes=3 (a cluster with replication)",
+            )
         if not 1 <= min_insync <= nodes:
-            raise ConfigError("KafkaServer min_insync", f"must be 1..{nodes}", value=min_insync)
+            raise ConfigError(
+                "KafkaServer min_insync",
+                f"must be 1..{nodes}",
+                value=min_insync,
+                fix=f"pass min_insync from 1 to nodes ({nodes})",
+            )
         if scram and any(ch in part for part in scram for ch in ',[]="'):
-            raise ConfigError("KafkaServer scram", 'user and password must not hold , [ ] = "')
+            raise ConfigError(  # no value: it is a credential
+                "KafkaServer scram",
+                'user and password must not hold , [ ] = "',
+                fix='choose a user and password without , [ ] = or "',
+            )
         self.nodes = nodes
         self.scram = scram
         self.tls = tls

@@ -57,7 +57,12 @@ class Settings:
             return cls(url=url)
         seconds = parse_duration(timeout, setting=f"{where}: connect_timeout")
         if seconds <= 0:
-            raise ConfigError(f"{where}: connect_timeout", "must be positive", value=timeout)
+            raise ConfigError(
+                f"{where}: connect_timeout",
+                "must be positive",
+                value=timeout,
+                fix="set a duration above zero, e.g. connect_timeout: 10s, or leave it out",
+            )
         return cls(url=url, connect_timeout=seconds)
 
 
@@ -344,7 +349,10 @@ class ServerDriver(Driver):
         port = ours.get("port", 0)
         if isinstance(port, bool) or not isinstance(port, int | float) or not 0 <= port <= 65535:
             raise ConfigError(
-                f"{where}.port", "must be a port number (0 = any free port)", value=port
+                f"{where}.port",
+                "must be a port number (0 = any free port)",
+                value=port,
+                fix="set port to a whole number from 0 to 65535, or leave it out for any free port",
             )
         return ServerConfig(server.absolute(Path(data_dir)), int(port))
 
