@@ -142,6 +142,12 @@ async def _stream_config(url: str) -> dict[str, object]:
         await nc.close()
 
 
+async def _apply_makes_the_worker_again(infra: Infra, nc: nats.NATS) -> None:
+    """``wfctl apply`` recreates the consumer a deleted stream took, as declared."""
+    infra.wfctl("apply", "-y")
+    assert (await nc.jsm().consumer_info("ORDERS", "worker")).config.max_deliver == 5
+
+
 async def _change_by_hand(url: str) -> None:
     nc = await nats.connect(url)
     try:
@@ -307,8 +313,7 @@ async def test_a_stream_deleted_by_hand_is_a_ghost_for_drift_and_recreated_by_ap
         assert "GHOST    worker" in done.stdout, _explain(done)
         done = infra.wfctl("plan")
         assert "Plan: 0 to create, 2 to update" in done.stdout, _explain(done)
-        infra.wfctl("apply", "-y")
-        assert (await nc.jsm().consumer_info("ORDERS", "worker")).config.max_deliver == 5
+        await _apply_makes_the_worker_again(infra, nc)
     finally:
         await nc.close()
     await infra.destroy()
@@ -333,8 +338,7 @@ async def test_a_setting_jetstream_cannot_change_is_a_replace_and_consumers_foll
         # Deleting the stream took its consumer: the next plan recreates it.
         done = infra.wfctl("plan")
         assert "~ update  worker  (infra.eventbus_consumer)" in done.stdout, _explain(done)
-        infra.wfctl("apply", "-y")
-        assert (await nc.jsm().consumer_info("ORDERS", "worker")).config.max_deliver == 5
+        await _apply_makes_the_worker_again(infra, nc)
     finally:
         await nc.close()
     done = infra.wfctl("plan")
