@@ -135,13 +135,20 @@ class KafkaProvider(Provider, HasPending, HasDeadLetters, KafkaStatus, KafkaEphe
         self._registry = Registry(self._producer, self._reader)
         await self._registry.open()
         self._publisher = Publisher(
-            self._producer, self._registry, self._admin, self._reader, self._options
+            self._producer,
+            self._registry,
+            self._admin,
+            self._reader,
+            self._options,
+            timeout=self.op_timeout,
         )
 
     async def close(self) -> None:
         health, self._health = self._health, None
         if health is not None:
             await cancel_and_wait(health)
+        if self._publisher is not None:
+            await self._publisher.close()
         members, self._members = list(self._members.values()), {}
         for member in members:
             await _quietly(member.close())

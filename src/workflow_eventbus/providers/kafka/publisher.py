@@ -21,10 +21,12 @@ from ...core.config import duration_seconds
 from ...core.defaults import DEFAULT_DUPLICATE_WINDOW, DEFAULT_KAFKA_DEDUP_IDS
 from ...core.errors import EventbusError, NotFoundError, PayloadTooLargeError, ProviderError
 from ...core.headers import CORRELATION_HEADER, MSG_ID_HEADER
+from ...core.lifecycle import cancel_and_wait
 from ...core.subjects import subject_matches, validate_subject
 from ..base import OutboundMessage, PublishResult
 from .dedup import DedupStore
 from .registry import Registry, StreamRecord, TopicOf
+from .scan import read_range, scanner
 from .streams import partitions_of
 from .topics import encode_sequence
 
@@ -39,8 +41,11 @@ class Publisher:
         admin: AIOKafkaAdminClient,
         reader: AIOKafkaConsumer,
         options: dict[str, Any],
+        *,
+        timeout: float,
     ) -> None:
         self._producer = producer
+        self._timeout = timeout  # connect_timeout: a scan making no progress this long fails
         self._options = options
         self._registry = registry
         self._admin = admin
@@ -184,10 +189,21 @@ class Publisher:
         if loading is not None:
             try:
                 await asyncio.shield(loading)
+            except BaseException:
+                if loading.done() and self._dedup.get(name) is store:
+                    del self._dedup[name]  # not loaded: the next publish loads it again
+                raise
             finally:
-                if loading.done():
-                    self._loading.pop(name, None)
+                if loading.done() and self._loading.get(name) is loading:
+                    del self._loading[name]
         return store
+
+    async def close(self) -> None:
+        """Stop the dedup loads still running (the provider closes)."""
+        loading, self._loading = list(self._loading.values()), {}
+        for task in loading:
+            await cancel_and_wait(task)
+        self._dedup.clear()
 
     async def _load(self, record: StreamRecord, store: DedupStore) -> None:
         """Fill ``store`` with the msg ids of the records of the last window."""
@@ -206,22 +222,10 @@ class Publisher:
     async def _scan(
         self, store: DedupStore, topic: TopicOf, tp: TopicPartition, start: int, end: int
     ) -> None:
-        scanner = AIOKafkaConsumer(enable_auto_commit=False, **self._options)
-        await scanner.start()
-        try:
-            scanner.assign([tp])
-            scanner.seek(tp, start)
-            offset = start
-            while offset < end:
-                batch = await scanner.getmany(tp, timeout_ms=1000)
-                for rec in batch.get(tp, []):
-                    offset = rec.offset + 1
-                    msg_id = next((v for k, v in rec.headers or () if k == MSG_ID_HEADER), None)
-                    if msg_id is not None and rec.offset < end:
-                        age = max(time.time() - rec.timestamp / 1000, 0.0)
-                        sequence = encode_sequence(topic.id, tp.partition, rec.offset)
-                        store.remember(msg_id.decode(), sequence, time.monotonic() - age)
-                if not batch:
-                    break
-        finally:
-            await scanner.stop()
+        async with scanner(self._options) as reader:
+            async for rec in read_range(reader, tp, start, end, stall=self._timeout):
+                msg_id = next((v for k, v in rec.headers or () if k == MSG_ID_HEADER), None)
+                if msg_id is not None:
+                    age = max(time.time() - rec.timestamp / 1000, 0.0)
+                    sequence = encode_sequence(topic.id, tp.partition, rec.offset)
+                    store.remember(msg_id.decode(), sequence, time.monotonic() - age)
