@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError
 
 from workflow_eventbus._proto import eventbus_pb2 as pb
 from workflow_eventbus.core.errors import BrokerUnavailableError
+from workflow_eventbus.providers.base import OutboundMessage, PublishResult
 from workflow_eventbus.providers.kafka import scan
 from workflow_eventbus.providers.kafka.publisher import Publisher
 
@@ -107,3 +110,53 @@ async def test_close_cancels_a_running_dedup_load() -> None:
     assert task.cancelled()
     with pytest.raises(asyncio.CancelledError):
         await waiter
+
+
+def _batch_publisher(fail: str = "") -> tuple[Publisher, list[str]]:
+    """A publisher whose sends are recorded (and ``fail``'s send raises a KafkaError)."""
+    publisher = _publisher()
+    sent: list[str] = []
+    stream: Any = _Stream(pb.StreamConfig(name="s"))
+
+    async def route(subject: str, setting: str = "subject") -> Any:
+        return stream, None
+
+    async def send(msg: OutboundMessage, record: Any, topic: Any) -> Any:
+        if msg.subject == fail:
+            raise KafkaTimeoutError("queue full")
+        sent.append(msg.subject)
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def publish_once(msg: OutboundMessage, record: Any, topic: Any) -> PublishResult:
+        await send(msg, record, topic)
+        return PublishResult("s", 1, datetime.now(UTC))
+
+    publisher.route = route  # type: ignore[method-assign]
+    publisher._send = send  # type: ignore[method-assign]
+    publisher._publish_once = publish_once  # type: ignore[method-assign]
+    publisher._result = lambda record, topic, meta: PublishResult("s", 1, datetime.now(UTC))  # type: ignore[method-assign]
+    return publisher, sent
+
+
+async def test_a_batch_reaches_the_broker_in_list_order() -> None:
+    publisher, sent = _batch_publisher()
+    msgs = [
+        OutboundMessage(subject="a", payload=b""),
+        OutboundMessage(subject="b", payload=b"", msg_id="id-b"),
+        OutboundMessage(subject="c", payload=b""),
+    ]
+    results = await publisher.publish_many(msgs)
+    assert sent == ["a", "b", "c"]
+    assert all(isinstance(r, PublishResult) for r in results)
+
+
+async def test_a_producer_error_fails_only_its_message() -> None:
+    publisher, sent = _batch_publisher(fail="b")
+    msgs = [OutboundMessage(subject=x, payload=b"") for x in "abc"]
+    results = await publisher.publish_many(msgs)
+    assert sent == ["a", "c"]
+    assert isinstance(results[0], PublishResult) and isinstance(results[2], PublishResult)
+    assert isinstance(results[1], BrokerUnavailableError)
+    assert "messages[1]" in str(results[1])

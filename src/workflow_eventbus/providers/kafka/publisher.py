@@ -16,10 +16,17 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 from ...core.config import duration_seconds
 from ...core.defaults import DEFAULT_DUPLICATE_WINDOW, DEFAULT_KAFKA_DEDUP_IDS
-from ...core.errors import EventbusError, NotFoundError, PayloadTooLargeError, ProviderError
+from ...core.errors import (
+    BrokerUnavailableError,
+    EventbusError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ProviderError,
+)
 from ...core.headers import CORRELATION_HEADER, MSG_ID_HEADER
 from ...core.lifecycle import cancel_and_wait
 from ...core.subjects import subject_matches, validate_subject
@@ -151,29 +158,29 @@ class Publisher:
     async def publish_many(
         self, msgs: Sequence[OutboundMessage]
     ) -> list[PublishResult | Exception]:
-        """Pipelined: every record without a msg_id is handed over before any ack is awaited."""
+        """Pipelined, in list order: every record is handed over before any ack is awaited,
+        except that one with a msg_id is published (dedup) before the next is handed over."""
         results: list[PublishResult | Exception | None] = [None] * len(msgs)
         waiting: list[tuple[int, StreamRecord, TopicOf, Any]] = []
         for i, msg in enumerate(msgs):
-            if msg.msg_id:
-                continue
             try:
+                if msg.msg_id:
+                    results[i] = await self.publish(msg)
+                    continue
                 record, topic = await self.route(msg.subject, f"messages[{i}].subject")
                 self._check(msg, record)
                 waiting.append((i, record, topic, await self._send(msg, record, topic)))
             except EventbusError as exc:
                 results[i] = exc
+            except KafkaError as exc:  # reported per message: the others were handed over
+                results[i] = _mapped(i, exc)
         for i, record, topic, future in waiting:
             try:
                 results[i] = self._result(record, topic, await future)
+            except KafkaError as exc:
+                results[i] = _mapped(i, exc)
             except Exception as exc:  # reported per message
                 results[i] = exc
-        for i, msg in enumerate(msgs):
-            if msg.msg_id:
-                try:
-                    results[i] = await self.publish(msg)
-                except EventbusError as exc:
-                    results[i] = exc
         return [r if r is not None else ProviderError("not published") for r in results]
 
     # ---- the dedup store of a stream ----
@@ -229,3 +236,11 @@ class Publisher:
                     age = max(time.time() - rec.timestamp / 1000, 0.0)
                     sequence = encode_sequence(topic.id, tp.partition, rec.offset)
                     store.remember(msg_id.decode(), sequence, time.monotonic() - age)
+
+
+def _mapped(index: int, exc: KafkaError) -> EventbusError:
+    """A producer error of ``messages[index]`` as one of the bus's errors."""
+    text = f"kafka: publish of messages[{index}] failed: {type(exc).__name__} {exc}"
+    if isinstance(exc, KafkaConnectionError | KafkaTimeoutError):
+        return BrokerUnavailableError(text + "; check that the broker is reachable")
+    return ProviderError(text)
