@@ -160,3 +160,23 @@ async def test_a_producer_error_fails_only_its_message() -> None:
     assert isinstance(results[0], PublishResult) and isinstance(results[2], PublishResult)
     assert isinstance(results[1], BrokerUnavailableError)
     assert "messages[1]" in str(results[1])
+
+
+async def test_a_scanner_whose_start_fails_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    stopped: list[bool] = []
+
+    class _Failing:
+        def __init__(self, **_: Any) -> None:
+            pass
+
+        async def start(self) -> None:
+            raise BrokerUnavailableError("down")
+
+        async def stop(self) -> None:
+            stopped.append(True)
+
+    monkeypatch.setattr(scan, "AIOKafkaConsumer", _Failing)
+    with pytest.raises(BrokerUnavailableError):
+        async with scan.scanner({}):
+            pass
+    assert stopped == [True]

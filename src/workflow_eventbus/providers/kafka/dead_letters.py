@@ -23,6 +23,7 @@ from ...core.defaults import DEFAULT_DEAD_LETTER_LIMIT
 from ...core.errors import NotFoundError
 from ..base import DeadLetterStore
 from .registry import Registry, StreamRecord
+from .scan import read_range, scanner
 from .streams import partitions_of
 from .topics import decode_sequence, encode_sequence
 
@@ -35,19 +36,25 @@ class KafkaDeadLetters(DeadLetterStore):
         options: dict[str, Any],
         dlq_stream: str = DEAD_LETTER_STREAM,
         stream_of: Callable[[str], Awaitable[StreamRecord]] | None = None,
+        *,
+        call: Callable[[str, Awaitable[Any]], Awaitable[Any]],
+        timeout: float,
     ) -> None:
         super().__init__(dlq_stream)
         self._registry = registry
         self._admin = admin
         self._options = options
         self._stream_of = stream_of
+        # The provider's _call: broker errors mapped, each call bounded by connect_timeout.
+        self._call = call
+        self._timeout = timeout
 
     async def list(
         self, *, stream: str = "", consumer: str = "", limit: int = DEFAULT_DEAD_LETTER_LIMIT
     ) -> list[DeadLetter]:
         if limit <= 0:
             return []
-        await self._registry.sync()
+        await self._call("sync", self._registry.sync())
         record = self._registry.stream(self.dlq_stream)
         if record is None:
             if self._stream_of is None:
@@ -57,19 +64,25 @@ class KafkaDeadLetters(DeadLetterStore):
             except NotFoundError:
                 return []  # nothing was dead-lettered yet
         out: list[DeadLetter] = []
-        reader = AIOKafkaConsumer(enable_auto_commit=False, **self._options)
-        await reader.start()
-        try:
+        await self._call("dead letters", self._list(record, stream, consumer, limit, out))
+        return out
+
+    async def _list(
+        self,
+        record: StreamRecord,
+        stream: str,
+        consumer: str,
+        limit: int,
+        out: builtins.list[DeadLetter],
+    ) -> None:
+        async with scanner(self._options) as reader:
             for topic in record.topics:
                 for tp in await partitions_of(self._admin, [topic.topic]):
                     await self._read(
                         reader, tp, topic.id, stream=stream, consumer=consumer, limit=limit, out=out
                     )
                     if len(out) >= limit:
-                        return out
-        finally:
-            await reader.stop()
-        return out
+                        return
 
     async def _read(
         self,
@@ -83,23 +96,17 @@ class KafkaDeadLetters(DeadLetterStore):
         out: builtins.list[DeadLetter],
     ) -> None:
         end = (await reader.end_offsets([tp]))[tp]
-        reader.assign([tp])
-        await reader.seek_to_beginning(tp)
-        while len(out) < limit and await reader.position(tp) < end:
-            batch = await reader.getmany(tp, timeout_ms=1000)
-            for rec in batch.get(tp, []):
-                if rec.offset >= end or len(out) >= limit:
-                    return
-                sequence = encode_sequence(topic_id, tp.partition, rec.offset)
-                if self._registry.removed(self.dlq_stream, sequence):
-                    continue
-                headers = {k: v.decode(errors="replace") for k, v in rec.headers or ()}
-                subject = rec.key.decode() if rec.key else ""
-                letter = DeadLetter.parse(
-                    self.dlq_stream, sequence, subject, headers, rec.value or b""
-                )
-                if letter.matches(stream, consumer):
-                    out.append(letter)
+        async for rec in read_range(reader, tp, None, end, stall=self._timeout):
+            if len(out) >= limit:
+                return
+            sequence = encode_sequence(topic_id, tp.partition, rec.offset)
+            if self._registry.removed(self.dlq_stream, sequence):
+                continue
+            headers = {k: v.decode(errors="replace") for k, v in rec.headers or ()}
+            subject = rec.key.decode() if rec.key else ""
+            letter = DeadLetter.parse(self.dlq_stream, sequence, subject, headers, rec.value or b"")
+            if letter.matches(stream, consumer):
+                out.append(letter)
 
     async def remove(self, letter: DeadLetter) -> None:
         record = self._registry.stream(letter.dlq_stream)
@@ -108,12 +115,13 @@ class KafkaDeadLetters(DeadLetterStore):
         if topic is None:
             return  # not a letter of a stream this broker has
         tp = TopicPartition(topic.topic, partition)
-        reader = AIOKafkaConsumer(enable_auto_commit=False, **self._options)
-        await reader.start()
-        try:
+        await self._call("dead letter remove", self._remove(letter, topic_id, tp, offset))
+
+    async def _remove(
+        self, letter: DeadLetter, topic_id: int, tp: TopicPartition, offset: int
+    ) -> None:
+        async with scanner(self._options) as reader:
             start = (await reader.beginning_offsets([tp]))[tp]
-        finally:
-            await reader.stop()
         if offset < start:
             return  # deleted for good already
         if not self._registry.removed(letter.dlq_stream, letter.dlq_sequence):

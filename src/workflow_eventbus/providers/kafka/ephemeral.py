@@ -13,6 +13,7 @@ can show fewer than ``last``.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +80,12 @@ class KafkaEphemeral(HasEphemeralConsumers):
             max_ack_pending=DEFAULT_MAX_ACK_PENDING,
         )
         member = Member(cfg, self._options, self.admin, self.log, start_at=start)
-        await self._call("ephemeral", member.start())
+        try:
+            await self._call("ephemeral", member.start())
+        except BaseException:
+            with contextlib.suppress(Exception):  # the start's error is the one to report
+                await member.close()  # its consumer, started or not
+            raise
         self._members[(stream, name)] = member
         return name
 

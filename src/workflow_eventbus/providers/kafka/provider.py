@@ -340,12 +340,21 @@ class KafkaProvider(Provider, HasPending, HasDeadLetters, KafkaStatus, KafkaEphe
         record, cfg = await self._consumer(stream, consumer)
         member = self._members.get((stream, consumer))
         counted: tuple[int, int] = await self._call(
-            "pending", s.pending(self.admin, self._options, record, cfg, member)
+            "pending",
+            s.pending(self.admin, self._options, record, cfg, member, timeout=self.op_timeout),
         )
         return counted
 
     async def dead_letters(self, dlq_stream: str = DEAD_LETTER_STREAM) -> KafkaDeadLetters:
-        return KafkaDeadLetters(self.registry, self.admin, self._options, dlq_stream, self._stream)
+        return KafkaDeadLetters(
+            self.registry,
+            self.admin,
+            self._options,
+            dlq_stream,
+            self._stream,
+            call=self._call,
+            timeout=self.op_timeout,
+        )
 
 
 def _member_config(record: StreamRecord, cfg: pb.ConsumerConfig) -> MemberConfig:

@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ...core.errors import NotFoundError
 from ..base import ConsumerStatus, HasStatus, StreamStatus
+from .scan import scanner
 from .streams import partitions_of
 from .topics import encode_sequence
 
@@ -51,12 +52,12 @@ class KafkaStatus(HasStatus):
     async def stream_status(self) -> list[StreamStatus]:
         await self._call("sync", self.registry.sync())
         records = sorted(self.registry.streams(), key=lambda r: r.cfg.name)
-        reader = AIOKafkaConsumer(enable_auto_commit=False, **self._options)
-        await self._call("status", reader.start())
-        try:
-            return [await self._call("status", self._one(reader, r)) for r in records]
-        finally:
-            await reader.stop()
+        statuses: list[StreamStatus] = await self._call("status", self._all(records))
+        return statuses
+
+    async def _all(self, records: list[StreamRecord]) -> list[StreamStatus]:
+        async with scanner(self._options) as reader:
+            return [await self._one(reader, r) for r in records]
 
     async def _one(self, reader: AIOKafkaConsumer, record: StreamRecord) -> StreamStatus:
         ids = {t.topic: t.id for t in record.topics}

@@ -27,6 +27,7 @@ from ..pgchannel.subjects import patterns_overlap
 from .member import Member
 from .registry import TOPIC as REGISTRY_TOPIC
 from .registry import Registry, StreamRecord, TopicOf, plan_stream
+from .scan import read_range, scanner
 from .topics import MAX_PARTITIONS, decode_sequence, group_id
 
 TOPIC_EXISTS = 36  # Kafka's TOPIC_ALREADY_EXISTS error code
@@ -335,8 +336,8 @@ async def commit_offsets(
 ) -> None:
     """Commit ``offsets`` for ``group`` without joining it (the group is new)."""
     committer = AIOKafkaConsumer(group_id=group, enable_auto_commit=False, **options)
-    await committer.start()
     try:
+        await committer.start()
         committer.assign(list(offsets))
         await committer.commit(offsets)
     finally:
@@ -349,6 +350,8 @@ async def pending(
     record: StreamRecord,
     cfg: pb.ConsumerConfig,
     member: Member | None,
+    *,
+    timeout: float,
 ) -> tuple[int, int]:
     """(not delivered yet, delivered and not settled) of a durable consumer.
 
@@ -358,14 +361,12 @@ async def pending(
     count as not delivered)."""
     topics = topics_for_filter(record, cfg.filter_subject)
     committed = await admin.list_consumer_group_offsets(group_id(cfg.stream_name, cfg.name))
-    scanner = AIOKafkaConsumer(enable_auto_commit=False, **options)
-    await scanner.start()
-    try:
+    async with scanner(options) as reader:
         tps = await partitions_of(admin, [t.topic for t in topics])
         if not tps:
             return 0, member.held if member else 0
-        begin = await scanner.beginning_offsets(tps)
-        end = await scanner.end_offsets(tps)
+        begin = await reader.beginning_offsets(tps)
+        end = await reader.end_offsets(tps)
         owned = member.owned() if member else {}
         total = 0
         for tp in tps:
@@ -376,22 +377,27 @@ async def pending(
             if acks is not None and acks.committed >= start:
                 start = acks.committed
             total += await _matching(
-                scanner, tp, start=start, end=end[tp], filter_subject=cfg.filter_subject, acks=acks
+                reader,
+                tp,
+                start=start,
+                end=end[tp],
+                filter_subject=cfg.filter_subject,
+                acks=acks,
+                stall=timeout,
             )
-    finally:
-        await scanner.stop()
     held = member.held if member else 0
     return max(total - held, 0), held
 
 
 async def _matching(
-    scanner: AIOKafkaConsumer,
+    reader: AIOKafkaConsumer,
     tp: TopicPartition,
     *,
     start: int,
     end: int,
     filter_subject: str,
     acks: Any,
+    stall: float,
 ) -> int:
     """Records of ``tp`` in [start, end) that match and are not finished here."""
     if start >= end:
@@ -399,17 +405,11 @@ async def _matching(
     patterns = split_filter(filter_subject)
     if not patterns and acks is None:
         return end - start
-    scanner.assign([tp])
-    scanner.seek(tp, start)
     count = 0
-    while await scanner.position(tp) < end:
-        batch = await scanner.getmany(tp, timeout_ms=1000)
-        for rec in batch.get(tp, []):
-            if rec.offset >= end:
-                break
-            if acks is not None and rec.offset < acks.next_offset and not acks.is_open(rec.offset):
-                continue  # finished here, not committed yet
-            subject = rec.key.decode() if rec.key else ""
-            if not patterns or any(subject_matches(p, subject) for p in patterns):
-                count += 1
+    async for rec in read_range(reader, tp, start, end, stall=stall):
+        if acks is not None and rec.offset < acks.next_offset and not acks.is_open(rec.offset):
+            continue  # finished here, not committed yet
+        subject = rec.key.decode() if rec.key else ""
+        if not patterns or any(subject_matches(p, subject) for p in patterns):
+            count += 1
     return count
