@@ -101,6 +101,25 @@ def test_registry_validates_kafka_settings() -> None:
         assert err.value.setting.endswith(setting)
 
 
+def test_a_nats_token_on_a_kafka_broker_is_refused_without_showing_it() -> None:
+    secret = "s3cr3t-t0ken-value"
+    bad = pb.ClusterConfig(provider="kafka", deploy_target=SELF, token=secret)
+    with pytest.raises(ConfigError) as err:
+        validate_cluster("bus", bad)
+    assert err.value.setting.endswith("token")
+    assert secret not in str(err.value)
+    assert secret not in repr(err.value.value)
+
+
+def test_negative_replication_settings_name_a_fix() -> None:
+    bad = pb.ClusterConfig(
+        provider="kafka", deploy_target=SELF, kafka=pb.KafkaConfig(min_insync_replicas=-1)
+    )
+    with pytest.raises(ConfigError) as err:
+        validate_cluster("bus", bad)
+    assert err.value.fix
+
+
 def test_kafka_runs_and_kinesis_says_which_providers_do() -> None:
     spec = spec_for("kafka")
     assert spec.runs and spec.url_schemes == ("kafka",)

@@ -24,7 +24,7 @@ def validate_kafka(where: str, cfg: pb.ClusterConfig) -> None:
             raise ConfigError(
                 f"{where}: {setting}",
                 "is not a kafka setting",
-                value=value,
+                value="***" if setting == "token" else value,  # a secret is never shown
                 fix="remove it (kafka authenticates with user/password over SASL and TLS files)",
             )
     if cfg.tls.handshake_first:
@@ -55,6 +55,7 @@ def validate_kafka(where: str, cfg: pb.ClusterConfig) -> None:
                 f"{where}: {setting}",
                 "must be zero (the broker's default) or positive",
                 value=number,
+                fix=f"set {setting} to a positive number, or remove it for the broker's default",
             )
     replication = kafka.default_replication_factor
     if replication and kafka.min_insync_replicas > replication:

@@ -114,7 +114,10 @@ def _check_stream(cfg: pb.StreamConfig) -> None:
         )
     if not 0 <= cfg.partitions <= MAX_PARTITIONS:
         raise ConfigError(
-            f"{where}: partitions", f"must be 1 to {MAX_PARTITIONS}", value=cfg.partitions
+            f"{where}: partitions",
+            f"must be 1 to {MAX_PARTITIONS}",
+            value=cfg.partitions,
+            fix=f"set partitions between 1 and {MAX_PARTITIONS}, or remove it for the default",
         )
     for i, a in enumerate(cfg.subjects):
         for b in cfg.subjects[i + 1 :]:
