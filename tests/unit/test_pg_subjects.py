@@ -8,12 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workflow_eventbus.core.subjects import subject_matches
-from workflow_eventbus.providers.pgchannel.subjects import (
-    filter_regex,
-    patterns_overlap,
-    split_filter,
-)
+from workflow_eventbus.core.subjects import patterns_overlap, split_filter, subject_matches
+from workflow_eventbus.providers.pgchannel.subjects import filter_regex
 
 _TOKENS = st.sampled_from(["a", "b", "orders", "x_y", "a+b", "(", "$", "\\", "%", "_"])
 _SUBJECTS = st.lists(_TOKENS, min_size=1, max_size=4).map(".".join)

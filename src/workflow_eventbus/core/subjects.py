@@ -108,3 +108,19 @@ def filter_matches(filter_subject: str, subject: str) -> bool:
     """True when a consumer with ``filter_subject`` (a list; empty = all) gets ``subject``."""
     patterns = _filter_patterns(filter_subject)
     return not patterns or any(subject_matches(p, subject) for p in patterns)
+
+
+def patterns_overlap(a: str, b: str) -> bool:
+    """True when some concrete subject matches both NATS patterns."""
+    left, right = a.split("."), b.split(".")
+    for i in range(max(len(left), len(right))):
+        x = left[i] if i < len(left) else None
+        y = right[i] if i < len(right) else None
+        if x == ">" or y == ">":
+            # '>' needs one token or more; the other side must have one here.
+            return x is not None and y is not None
+        if x is None or y is None:
+            return False
+        if x != y and "*" not in (x, y):
+            return False
+    return True

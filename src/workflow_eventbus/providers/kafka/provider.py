@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -377,9 +376,3 @@ async def _quietly(op: Any) -> None:
         await op
     except (KafkaError, OSError, RequestError, BrokerUnavailableError) as exc:
         del exc
-
-
-def published_at(timestamp_ms: int) -> datetime:
-    if timestamp_ms and timestamp_ms > 0:
-        return datetime.fromtimestamp(timestamp_ms / 1000, UTC)
-    return datetime.now(UTC)

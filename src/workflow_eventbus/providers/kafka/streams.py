@@ -22,8 +22,7 @@ from ...core.config import duration_seconds
 from ...core.defaults import DEFAULT_KAFKA_PARTITIONS, DEFAULT_KAFKA_REPLICATION
 from ...core.errors import ConfigError, ConflictError, NotFoundError, ProviderError
 from ...core.names import STREAM
-from ...core.subjects import split_filter, subject_matches
-from ..pgchannel.subjects import patterns_overlap
+from ...core.subjects import patterns_overlap, split_filter, subject_matches
 from .member import Member
 from .registry import TOPIC as REGISTRY_TOPIC
 from .registry import Registry, StreamRecord, TopicOf, plan_stream
@@ -321,9 +320,6 @@ async def ensure_consumer(
             f'eventbus.consumer "{cfg.name}": stream_name: stream "{cfg.stream_name}" not found; '
             "declare it with an eventbus.stream module started before the consumer"
         )
-    for i, pattern in enumerate(split_filter(cfg.filter_subject)):
-        if not any(patterns_overlap(pattern, p) for p in record.cfg.subjects):
-            del i  # a filter that selects nothing is allowed (as on NATS with a list)
     if existing is not None:
         _check_immutable(existing, cfg)
         await registry.put_consumer(cfg)

@@ -43,7 +43,7 @@ from ...core.errors import (
 )
 from ...core.headers import MSG_ID_HEADER
 from ...core.names import BROKER, STREAM
-from ...core.subjects import subject_matches, validate_subject
+from ...core.subjects import patterns_overlap, subject_matches, validate_subject
 from ..base import (
     AckAction,
     Delivery,
@@ -69,7 +69,7 @@ from .migrations import applied_versions, latest_version, migrate_up
 from .retention import sweep
 from .rules import validate_pg_stream_name
 from .status import PgStatus
-from .subjects import filter_regex, patterns_overlap
+from .subjects import filter_regex
 
 STREAM_CACHE_TTL = 5.0
 ROUTE_CACHE_SIZE = 4096

@@ -1,4 +1,4 @@
-"""NATS subject patterns as PostgreSQL regular expressions, and stream overlap checks.
+"""NATS subject patterns as PostgreSQL regular expressions.
 
 A consumer filter (a list of patterns, see :mod:`workflow_eventbus.core.subjects`)
 becomes one anchored regular expression passed to SQL as a parameter
@@ -39,19 +39,3 @@ def filter_regex(filter_subject: str) -> str:
     if not patterns:
         return ""
     return "^(?:" + "|".join(pattern_regex(p) for p in patterns) + ")$"
-
-
-def patterns_overlap(a: str, b: str) -> bool:
-    """True when some concrete subject matches both NATS patterns."""
-    left, right = a.split("."), b.split(".")
-    for i in range(max(len(left), len(right))):
-        x = left[i] if i < len(left) else None
-        y = right[i] if i < len(right) else None
-        if x == ">" or y == ">":
-            # '>' needs one token or more; the other side must have one here.
-            return x is not None and y is not None
-        if x is None or y is None:
-            return False
-        if x != y and "*" not in (x, y):
-            return False
-    return True
