@@ -310,12 +310,14 @@ async def kafka_run(
     """Start a private Kafka, declare the bus's streams and the raw topics, run the rows."""
     if not select([Group(name) for name in GROUPS], settings.only):
         return []
+    server = KafkaServer()
     try:
-        server = KafkaServer()
         await server.start()
-    except ConfigError as exc:  # no jars or no java: say so, keep the other rows
+    except BaseException as exc:  # the JVM and temp dir go whatever went wrong
         await server.stop()
-        print(f"# kafka rows skipped: {exc}", flush=True)
+        if not isinstance(exc, ConfigError):
+            raise
+        print(f"# kafka rows skipped: {exc}", flush=True)  # no jars or no java
         return []
     bus = EventBus(environ={})
     paths: KafkaPaths | None = None
