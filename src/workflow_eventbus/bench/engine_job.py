@@ -118,11 +118,9 @@ async def burst(nc: NatsClient, derived: Derived, ids: range, seconds: float) ->
     return Burst(len(ids), len(seen), end - started)
 
 
-async def paced_latency(
-    nc: NatsClient, derived: Derived, ids: range, interval: float, seconds: float
-) -> list[float]:
-    """One event every ``interval`` s (below every row's rate); publish -> first
-    sighting of its derived event, in seconds."""
+async def publish_paced(nc: NatsClient, ids: range, interval: float) -> dict[int, float]:
+    """Publish ``ids`` one every ``interval`` s (pacing against the clock, so a slow
+    send is caught up); returns when each was sent, once the broker acked them all."""
     js = nc.jetstream()
     sent: dict[int, float] = {}
     futures = []
@@ -135,6 +133,15 @@ async def paced_latency(
         if delay > 0:
             await asyncio.sleep(delay)
     await asyncio.gather(*futures)
+    return sent
+
+
+async def paced_latency(
+    nc: NatsClient, derived: Derived, ids: range, interval: float, seconds: float
+) -> list[float]:
+    """One event every ``interval`` s (below every row's rate); publish -> first
+    sighting of its derived event, in seconds."""
+    sent = await publish_paced(nc, ids, interval)
     await wait_seen(derived, ids, seconds)
     return sorted(derived.first_seen[n] - sent[n] for n in ids if n in derived.first_seen)
 
@@ -172,21 +179,8 @@ async def loss_run(
     """Publish ``ids`` evenly over ``spread`` s; a quarter of the way in, ``stop`` the
     consumer side, keep it down ``down`` s, ``start`` it again; then wait until every
     event was derived or nothing new came for ``settle`` s."""
-    js = nc.jetstream()
     interval = spread / max(len(ids), 1)
-
-    async def publisher() -> None:
-        futures = []
-        next_at = clock()
-        for n in ids:
-            futures.append(await js.publish_async(IN_SUBJECT, event(n)))
-            next_at += interval
-            delay = next_at - clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        await asyncio.gather(*futures)
-
-    publishing = asyncio.create_task(publisher())
+    publishing = asyncio.create_task(publish_paced(nc, ids, interval))
     try:
         await asyncio.sleep(spread / 4)  # the outage starts a quarter into the stream
         stopped_at = clock()

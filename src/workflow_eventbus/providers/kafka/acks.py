@@ -26,13 +26,15 @@ class PartitionAcks:
         self._open: set[int] = set()  # taken, not finished
         self._heap: list[int] = []  # the open offsets (and finished ones, removed lazily)
 
-    def take(self, offset: int) -> None:
-        """``offset`` was read from Kafka and is now this process's to finish."""
+    def take(self, offset: int) -> bool:
+        """``offset`` was read from Kafka and is now this process's to finish; False
+        when it already was (read twice after a seek back: still one open entry)."""
         if offset in self._open or offset < self.next_offset:
-            return  # read twice (a seek back): still one open entry
+            return False
         self._open.add(offset)
         heapq.heappush(self._heap, offset)
         self.next_offset = offset + 1
+        return True
 
     def finish(self, offset: int) -> bool:
         """Acked, terminated or filtered out; False when it was not open."""

@@ -188,9 +188,8 @@ class Member(ConsumerRebalanceListener):  # type: ignore[misc]
             if tp not in assigned or acks is None or acks is not before[tp]:
                 continue
             for record in records:
-                if acks.is_open(record.offset) or record.offset < acks.next_offset:
+                if not acks.take(record.offset):
                     continue  # already ours
-                acks.take(record.offset)
                 subject = record.key.decode() if record.key else ""
                 resume = self._counts.get(tp)
                 if resume is not None and resume.is_finished(record.offset):
